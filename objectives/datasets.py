@@ -1,0 +1,72 @@
+"""In-memory dataset splits, the common shape every data loader returns.
+
+Features stay in their storage dtype (uint8 pixels, float32 tabular columns) so a
+whole split fits on the device cheaply; the model's ``Standardize`` layer holds the
+scaling statistics computed on the training split only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class DataError(RuntimeError):
+    """Data is missing, unreadable or corrupt; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features (N x n_inputs) and integer labels (N) of one split."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.features.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train / validation / test splits plus what a model needs to know about the inputs."""
+
+    name: str
+    train: Split
+    validation: Split
+    test: Split
+    class_names: tuple[str, ...]
+    input_mean: tuple[float, ...]
+    input_std: tuple[float, ...]
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.train.features.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)
+
+
+def stratified_split(
+    labels: torch.Tensor, fractions: tuple[float, ...], seed: int
+) -> list[torch.Tensor]:
+    """Indices of each part, with every class spread over the parts in ``fractions``."""
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for label in torch.unique(labels):
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        bounds = torch.tensor([0.0, *fractions]).cumsum(0) * len(members)
+        bounds = bounds.round().long().tolist()
+        for part, (start, stop) in zip(parts, zip(bounds[:-1], bounds[1:])):
+            part.append(members[start:stop])
+    return [torch.cat(part)[torch.randperm(sum(map(len, part)), generator=generator)] for part in parts]

@@ -1,0 +1,137 @@
+"""Fashion-MNIST from the four official IDX .gz files (torchvision downloads them when online).
+
+Split: 55,000 train / 5,000 validation drawn from the official training set with a
+fixed seed; the official 10,000-image test set is kept apart for final evaluation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import torch
+
+from objectives.datasets import DataError, Dataset, Split, seeded_permutation
+
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+DOWNLOAD_DIR = Path.home() / ".cache" / "hpsearch" / "fashion-mnist"
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+INPUT_DESCRIPTION = "784 float32 pixel values 0..255 per image (28x28, row-major), unscaled"
+FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+VALIDATION_FRACTION = 1 / 12  # 5,000 of the official 60,000 training images
+SPLIT_SEED = 20_170_828  # Fashion-MNIST's release date: any fixed value works.
+IDX_UBYTE = 0x08
+
+
+def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:
+    """Parse one gzipped IDX file of unsigned bytes into a uint8 tensor."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: corrupt gzip data ({error}); download the file again") from None
+    if len(raw) < 4:
+        raise DataError(f"{path}: corrupt IDX file (only {len(raw)} bytes); download it again")
+    zero, zero2, dtype, ndim = raw[0], raw[1], raw[2], raw[3]
+    if zero or zero2 or dtype != IDX_UBYTE or ndim != expected_ndim:
+        raise DataError(
+            f"{path}: not an IDX file of {expected_ndim}-d unsigned bytes "
+            f"(header {raw[:4].hex()}); download it again"
+        )
+    header_end = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", raw[4:header_end])
+    expected = 1
+    for size in shape:
+        expected *= size
+    if len(raw) - header_end != expected:
+        raise DataError(
+            f"{path}: corrupt IDX file, header says {shape} = {expected} bytes but it holds "
+            f"{len(raw) - header_end}; download it again"
+        )
+    return torch.frombuffer(bytearray(raw[header_end:]), dtype=torch.uint8).reshape(shape)
+
+
+def find_files(data_dir: Path | None) -> dict[str, Path]:
+    """Locate the IDX files: in ``data_dir`` (or its torchvision layout), else the system copy."""
+    candidates = []
+    if data_dir is not None:
+        candidates += [data_dir, data_dir / "FashionMNIST" / "raw"]
+    else:
+        candidates += [SYSTEM_DIR, DOWNLOAD_DIR / "FashionMNIST" / "raw"]
+    for directory in candidates:
+        if all((directory / name).is_file() for name in FILES.values()):
+            return {key: directory / name for key, name in FILES.items()}
+    return {}
+
+
+def download(data_dir: Path) -> dict[str, Path]:
+    """Fetch the files with torchvision into ``data_dir``/FashionMNIST/raw."""
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(data_dir), train=True, download=True)
+        FashionMNIST(str(data_dir), train=False, download=True)
+    except Exception as error:  # torchvision raises plain RuntimeError/URLError offline
+        raise DataError(
+            f"Fashion-MNIST is not in {data_dir} and the download failed ({error}); "
+            f"put the four IDX .gz files ({', '.join(FILES.values())}) there or pass --data-dir"
+        ) from None
+    return find_files(data_dir)
+
+
+def load(data_dir: str | os.PathLike[str] | None, allow_download: bool = True) -> Dataset:
+    """Read (or, online, download) Fashion-MNIST and split it.
+
+    ``data_dir`` None means: Debian's system copy if installed, else a download cache.
+    """
+    directory = Path(data_dir) if data_dir is not None else None
+    if directory is not None and not directory.is_dir():
+        raise DataError(
+            f"data directory {directory} does not exist; create it (the files download there "
+            f"when online) or pass --data-dir with {', '.join(FILES.values())}"
+        )
+    paths = find_files(directory)
+    if not paths:
+        if not allow_download:
+            raise DataError(
+                f"Fashion-MNIST IDX files not found in {directory or SYSTEM_DIR}; pass --data-dir DIR "
+                f"holding {', '.join(FILES.values())} (or install dataset-fashion-mnist)"
+            )
+        target = directory or DOWNLOAD_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        paths = download(target)
+    train_images = read_idx(paths["train_images"], 3).flatten(1)
+    train_labels = read_idx(paths["train_labels"], 1).long()
+    test_images = read_idx(paths["test_images"], 3).flatten(1)
+    test_labels = read_idx(paths["test_labels"], 1).long()
+    for images, labels, kind in ((train_images, train_labels, "train"), (test_images, test_labels, "test")):
+        if len(images) != len(labels):
+            raise DataError(f"{paths[kind + '_images']}: {len(images)} images but {len(labels)} labels")
+
+    order = seeded_permutation(len(train_labels), SPLIT_SEED)
+    n_validation = round(len(order) * VALIDATION_FRACTION)
+    train_idx, val_idx = order[n_validation:], order[:n_validation]
+    train = Split(train_images[train_idx], train_labels[train_idx])
+    pixels = train.features.float()
+    return Dataset(
+        name="fashion_mnist",
+        train=train,
+        validation=Split(train_images[val_idx], train_labels[val_idx]),
+        test=Split(test_images, test_labels),
+        class_names=CLASS_NAMES,
+        input_mean=(pixels.mean().item(),),
+        input_std=(pixels.std().item(),),
+    )

@@ -1,0 +1,83 @@
+"""The Optuna objective: suggest -> build -> train -> report -> return validation accuracy.
+
+Service concerns (checkpoints, progress lines, saving final weights) enter through
+``EpochHooks``; with the default no-op hooks this is a plain Optuna objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import torch
+
+from models import build_mlp
+from objectives import space
+from objectives.datasets import Dataset
+from objectives.trainer import Trainer, TrainingDiverged, accuracy
+
+SEED_ATTR = "seed"
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    epochs: int
+    device: torch.device
+    seed: int = 0
+
+
+class EpochHooks:
+    """Called by the objective around training; the service overrides what it needs."""
+
+    def resume(self, trial: optuna.Trial, trainer: Trainer) -> None:
+        """Restore the trial's latest checkpoint into ``trainer``, if it has one."""
+
+    def epoch_end(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float,
+                  train_loss: float, last: bool) -> None:
+        """After each epoch's report (and the pruning decision, when it continues)."""
+
+    def finished(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float) -> None:
+        """The trial trained all its epochs; its value is ``val_accuracy``."""
+
+
+def trial_seed(trial: optuna.Trial, base_seed: int) -> int:
+    """A per-trial seed, kept as a user attr so a retried trial reuses it."""
+    seed = trial.user_attrs.get(SEED_ATTR)
+    if seed is None:
+        seed = base_seed * 100_003 + trial.number
+        trial.set_user_attr(SEED_ATTR, seed)
+    return int(seed)
+
+
+def make_objective(dataset: Dataset, settings: ObjectiveSettings,
+                   hooks: EpochHooks | None = None) -> Callable[[optuna.Trial], float]:
+    hooks = hooks or EpochHooks()
+    train = dataset.train.to(settings.device)
+    validation = dataset.validation.to(settings.device)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = space.suggest(trial)
+        seed = trial_seed(trial, settings.seed)
+        torch.manual_seed(seed)
+        model = build_mlp(space.model_hyperparameters(params, dataset))
+        trainer = Trainer(model, space.training_settings(params), train, settings.device, seed)
+        hooks.resume(trial, trainer)
+
+        val_accuracy = float("nan")
+        for epoch in range(trainer.epochs_done + 1, settings.epochs + 1):
+            try:
+                train_loss = trainer.run_epoch()
+            except TrainingDiverged as diverged:
+                # A diverging configuration is a bad one, not a worker failure.
+                trial.set_user_attr("pruned_reason", str(diverged))
+                raise optuna.TrialPruned(str(diverged)) from None
+            val_accuracy = accuracy(trainer.model, validation)
+            trial.report(val_accuracy, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with validation accuracy {val_accuracy:.4f}")
+            hooks.epoch_end(trial, trainer, val_accuracy, train_loss, last=epoch == settings.epochs)
+        hooks.finished(trial, trainer, val_accuracy)
+        return val_accuracy
+
+    return objective

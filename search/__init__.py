@@ -1,0 +1,1 @@
+"""The search service: CLI, storage, workers, checkpoints and best-model export."""

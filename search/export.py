@@ -1,0 +1,226 @@
+"""``search best`` and ``search evaluate``: the best trial, its model file, its test accuracy.
+
+An exported file is a plain dict saved with ``torch.save``::
+
+    {"model_state_dict": {...tensors...},
+     "model_hyperparameters": {...the dict models.build_mlp takes...},
+     "metadata": {"objective", "study", "trial_number", "validation_accuracy", "class_names",
+                  "preprocessing", "params", "epochs", "library_versions", ...}}
+
+so ``torch.load(path, weights_only=True)`` reads it and ``models.load_exported(path)``
+rebuilds the model, with no code from this project beyond ``models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def add_best_and_evaluate(commands: argparse._SubParsersAction, add_study: Callable[..., None],
+                          add_storage: Callable[..., None], add_artifacts: Callable[..., None],
+                          add_data: Callable[..., None]) -> None:
+    best = commands.add_parser("best", help="show the best trial; --export writes its model file")
+    add_study(best, required=True)
+    add_storage(best)
+    add_artifacts(best)
+    add_data(best)
+    best.add_argument("--json", action="store_true", help="print the best trial as JSON")
+    best.add_argument("--export", metavar="PATH", help="write the best model to PATH (.pt)")
+    best.add_argument("--retrain", action="store_true",
+                      help="retrain the best hyperparameters on train+validation and measure test accuracy")
+    best.set_defaults(handler=command_best)
+
+    evaluate = commands.add_parser("evaluate", help="test-set accuracy of an exported model file")
+    evaluate.add_argument("path", help="an exported .pt file")
+    add_data(evaluate)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=command_evaluate)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise UserError(f"study {study.study_name!r} has no completed trial yet; "
+                        f"let the workers finish one (see: search status --study {study.study_name})")
+    return study.best_trial
+
+
+def epochs_run(trial: FrozenTrial) -> int:
+    return max(trial.intermediate_values, default=0)
+
+
+def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    duration = trial.duration.total_seconds() if trial.duration else None
+    return {
+        "study": study.study_name, "trial_number": trial.number, "validation_accuracy": trial.value,
+        "params": trial.params, "epochs": epochs_run(trial), "duration_s": duration,
+        "objective": study.user_attrs.get("objective"),
+    }
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any long work if the export cannot be written."""
+    directory = path.resolve().parent
+    if path.is_dir():
+        raise UserError(f"cannot export to {path}: it is a directory; give a file path such as {path / 'model.pt'}")
+    if not directory.is_dir():
+        raise UserError(f"cannot export to {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"cannot export to {path}: directory {directory} is not writable")
+
+
+def library_versions() -> dict[str, str]:
+    # torch.__version__ is a str subclass the restricted unpickler would refuse.
+    return {"torch": str(torch.__version__), "optuna": str(optuna.__version__),
+            "python": platform.python_version()}
+
+
+def stored_weights(store: Any, trial: FrozenTrial) -> dict[str, Any]:
+    from search.artifacts import WEIGHTS_ATTR, read_tensors
+
+    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    if artifact_id is None:
+        raise UserError(f"trial {trial.number} has no stored weights (it ran before weights were kept); "
+                        f"rerun with --retrain to train them again")
+    try:
+        return read_tensors(store, artifact_id)
+    except (ArtifactNotFound, FileNotFoundError):
+        raise UserError(f"the weights of trial {trial.number} ({artifact_id}) are not in the artifact store "
+                        f"(removed, or another --artifacts directory); rerun with --retrain") from None
+
+
+def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_name: str,
+            say: Callable[[str], None]) -> tuple[torch.nn.Module, dict[str, Any], float]:
+    """Train the trial's hyperparameters on train+validation for its epoch count; test accuracy."""
+    from models import build_mlp
+    from objectives import load_dataset, space
+    from objectives.datasets import Split
+    from objectives.trainer import Trainer, accuracy, pick_device
+
+    dataset = load_dataset(objective, data_dir)
+    device = pick_device(device_name)
+    combined = Split(torch.cat([dataset.train.features, dataset.validation.features]),
+                     torch.cat([dataset.train.labels, dataset.validation.labels]))
+    seed = int(trial.user_attrs.get("seed", trial.number))
+    torch.manual_seed(seed)
+    hyperparameters = space.model_hyperparameters(trial.params, dataset)
+    trainer = Trainer(build_mlp(hyperparameters), space.training_settings(trial.params), combined, device, seed)
+    epochs = epochs_run(trial)
+    for epoch in range(1, epochs + 1):
+        loss = trainer.run_epoch()
+        say(f"retrain epoch {epoch}/{epochs}: train_loss {loss:.4f}")
+    test_accuracy = accuracy(trainer.model, dataset.test.to(device))
+    return trainer.model, hyperparameters, test_accuracy
+
+
+def write_export(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file, a failure leaves no file."""
+    handle = tempfile.NamedTemporaryFile(dir=path.resolve().parent, prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            torch.save(payload, handle)
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+def command_best(args: argparse.Namespace) -> int:
+    from search.artifacts import open_artifact_store
+    from search.storage import open_storage
+    from search.study import load_existing
+
+    export = Path(args.export) if args.export else None
+    if export is not None:
+        check_writable(export)
+    if args.retrain and export is None:
+        raise UserError("--retrain needs --export PATH to write the retrained model to")
+    study = load_existing(open_storage(args.storage), args.study)
+    trial = best_trial(study)
+    summary = trial_summary(study, trial)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"best trial {trial.number} of study {study.study_name!r}: val_acc {trial.value:.2%} "
+              f"after {summary['epochs']} epochs in {summary['duration_s'] or 0:.0f} s")
+        for key, value in trial.params.items():
+            print(f"  {key} = {value}")
+    if export is None:
+        return 0
+
+    objective = summary["objective"]
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    metadata = {**summary, "format_version": FORMAT_VERSION, "library_versions": library_versions(),
+                "trained_on": "train"}
+    if args.retrain:
+        model, hyperparameters, test_accuracy = retrain(trial, objective, args.data_dir, args.device, say)
+        state_dict = {key: value.cpu() for key, value in model.state_dict().items()}
+        metadata.update(trained_on="train+validation", test_accuracy=test_accuracy)
+        say(f"retrained on train+validation: test accuracy {test_accuracy:.2%}")
+    else:
+        weights = stored_weights(open_artifact_store(args.artifacts), trial)
+        state_dict, hyperparameters = weights["model_state_dict"], weights["model_hyperparameters"]
+    metadata.update(describe_inputs(objective, hyperparameters))
+    write_export(export, {"model_state_dict": state_dict, "model_hyperparameters": hyperparameters,
+                          "metadata": metadata})
+    say(f"exported trial {trial.number} to {export}")
+    return 0
+
+
+def describe_inputs(objective: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    from objectives import DATASET_INFO
+
+    info = DATASET_INFO[objective]
+    return {
+        "class_names": list(info.class_names),
+        "preprocessing": {
+            "input": info.input_description,
+            "standardize_mean": hyperparameters.get("input_mean"),
+            "standardize_std": hyperparameters.get("input_std"),
+            "standardization_inside_model": True,
+        },
+    }
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from models import load_exported, read_exported
+    from objectives import load_dataset
+    from objectives.trainer import predict
+
+    metadata = read_exported(args.path)["metadata"]
+    objective = metadata.get("objective")
+    model = load_exported(args.path)
+    test = load_dataset(objective, args.data_dir).test
+    predictions = predict(model, test.features)
+    class_names = metadata.get("class_names") or [str(i) for i in range(int(test.labels.max()) + 1)]
+    per_class = {}
+    for index, name in enumerate(class_names):
+        members = test.labels == index
+        per_class[name] = (predictions[members] == index).float().mean().item() if members.any() else None
+    result = {"path": str(args.path), "objective": objective, "trial_number": metadata.get("trial_number"),
+              "test_accuracy": (predictions == test.labels).float().mean().item(),
+              "n_test": len(test), "per_class_accuracy": per_class}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.path}: {objective} trial {result['trial_number']}, "
+          f"test accuracy {result['test_accuracy']:.2%} on {len(test):,} samples")
+    for name, value in per_class.items():
+        print(f"  {name:<20} {'-' if value is None else f'{value:.2%}'}")
+    return 0
