@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.engine import URL
 
-from search.storage import CONNECT_TIMEOUT_S
+from search.storage import single_connection_engine
 
 
 def lock_key(name: str) -> int:
@@ -54,8 +54,7 @@ def named_lock(url: URL, name: str, engine: sqlalchemy.Engine | None = None) -> 
         return
     own_engine = engine is None
     if engine is None:
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
-                                          connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        engine = single_connection_engine(url)
     try:
         with _advisory_lock(engine, name):
             yield

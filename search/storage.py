@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,16 @@ def describe(url: URL) -> str:
     return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432} (database {url.database!r})"
 
 
+def postgres_connect_args() -> dict[str, Any]:
+    # application_name shows each worker's connections in pg_stat_activity.
+    return {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": f"hpsearch/{os.getpid()}"}
+
+
+def single_connection_engine(url: URL) -> sqlalchemy.Engine:
+    """An engine without a pool, for short one-off connections (checks, locks)."""
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=postgres_connect_args())
+
+
 def engine_kwargs(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         # Several local workers share the file: wait for its write lock instead of failing.
@@ -77,7 +88,7 @@ def engine_kwargs(url: URL) -> dict[str, Any]:
         "pool_timeout": 60,
         "pool_pre_ping": True,
         "pool_recycle": 600,
-        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives_idle": 30},
+        "connect_args": {**postgres_connect_args(), "keepalives_idle": 30},
     }
 
 
@@ -88,8 +99,7 @@ def check_reachable(url: URL) -> None:
         if not directory.is_dir():
             raise UserError(f"cannot create {describe(url)}: directory {directory} does not exist")
         return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
-                                      connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    engine = single_connection_engine(url)
     try:
         with engine.connect():
             pass

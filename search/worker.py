@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.exceptions import StorageInternalError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
@@ -120,7 +120,7 @@ class ServiceHooks(EpochHooks):
         state, epoch = latest
         trainer.load_state_dict(state)
         trial.set_user_attr(RESUMED_ATTR, epoch)
-        origin = trial.system_attrs.get("failed_trial")
+        origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         self.say(f"trial {trial.number}: resumed from the epoch-{epoch} checkpoint of trial {origin}")
 
     def epoch_end(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float,
@@ -189,25 +189,45 @@ def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> optu
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
               config: WorkerConfig, say: Callable[[str], None], store: FileSystemArtifactStore) -> None:
     started = time.monotonic()
-    with heartbeat(study._storage, trial._trial_id, config.heartbeat_interval):
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned as pruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            say(f"trial {trial.number} pruned: {pruned}")
-            return
-        except WorkerStopped as stop:
-            requeue(study, trial)
-            say(f"trial {trial.number} re-queued: worker stopped by {stop}")
-            raise
-        except StorageInternalError:
-            raise
-        except Exception as error:  # a bug or resource error fails this trial, not the worker
-            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
-            study.tell(trial, state=TrialState.FAIL)
-            say(f"trial {trial.number} failed: {type(error).__name__}: {error}")
-            return
-    study.tell(trial, value)
-    keep_best_weights(study, store, config.keep_best)
-    say(f"trial {trial.number} complete: val_acc {value:.2%} in {time.monotonic() - started:.0f} s "
-        f"(best so far {study.best_value:.2%}, trial {study.best_trial.number})")
+    try:
+        with heartbeat(study._storage, trial._trial_id, config.heartbeat_interval):
+            outcome = train_and_tell(study, trial, objective, say)
+    except UpdateFinishedTrialError:
+        # Our heartbeats stalled (e.g. a long database outage) and another worker failed
+        # the trial and queued its retry: that retry owns it now.
+        say(f"trial {trial.number} was taken over by a retry after missed heartbeats; dropping it")
+        return
+    if outcome is not None:
+        keep_best_weights(study, store, config.keep_best)
+        say(f"trial {trial.number} complete: val_acc {outcome:.2%} in {time.monotonic() - started:.0f} s "
+            f"(best so far {study.best_value:.2%}, trial {study.best_trial.number})")
+
+
+def train_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
+                   say: Callable[[str], None]) -> float | None:
+    """Run the objective and record its outcome; returns the value of a completed trial."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned as pruned:
+        tell(study, trial, TrialState.PRUNED)
+        say(f"trial {trial.number} pruned: {pruned}")
+        return None
+    except WorkerStopped as stop:
+        requeue(study, trial)
+        say(f"trial {trial.number} re-queued: worker stopped by {stop}")
+        raise
+    except (StorageInternalError, UpdateFinishedTrialError):
+        raise
+    except Exception as error:  # a bug or resource error fails this trial, not the worker
+        trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
+        tell(study, trial, TrialState.FAIL)
+        say(f"trial {trial.number} failed: {type(error).__name__}: {error}")
+        return None
+    tell(study, trial, TrialState.COMPLETE, value)
+    return value
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
+    recorded = study.tell(trial, value, state=state, skip_if_finished=True)
+    if recorded.state != state:
+        raise UpdateFinishedTrialError(f"trial {trial.number} was already {recorded.state.name}")

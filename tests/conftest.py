@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from collections.abc import Iterator
+
+import optuna
+import pytest
+
+from tests.datafiles import write_covtype_uci, write_fashion_mnist
+from tests.postgres import PostgresServer
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"))
+
+
+@pytest.fixture(scope="session")
+def covtype_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_covtype_uci(tmp_path_factory.mktemp("covtype"))

@@ -1,0 +1,96 @@
+"""A throwaway PostgreSQL server for the tests, run as the ``postgres`` user when we are root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+PG_BIN_CANDIDATES = [Path(p) for p in ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin",
+                                       "/usr/lib/postgresql/15/bin")]
+
+
+def find_pg_bin() -> Path:
+    from_env = os.environ.get("PG_BIN")
+    for candidate in ([Path(from_env)] if from_env else []) + PG_BIN_CANDIDATES:
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).parent
+    raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql (or set PG_BIN)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.bin = find_pg_bin()
+        self.root = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.root.chmod(0o700)
+
+    def command(self, *args: str) -> list[str]:
+        prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
+        return prefix + list(args)
+
+    def run(self, *args: str) -> None:
+        subprocess.run(self.command(*args), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> None:
+        self.run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                 "--no-sync", "-E", "UTF8")
+        self.pg_ctl("start")
+
+    def pg_ctl(self, action: str) -> None:
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c max_connections=100"
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
+                 "-o", options, "-w", "-m", "fast", action)
+
+    def restart(self) -> None:
+        self.pg_ctl("restart")
+
+    def stop(self) -> None:
+        try:
+            self.pg_ctl("stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its URL."""
+        import sqlalchemy
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        return self.url(name)
+
+    def rows(self, url: str, query: str) -> list[tuple]:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(sqlalchemy.text(query))]
+        finally:
+            engine.dispose()
+
+    def scalar(self, url: str, query: str) -> object:
+        return self.rows(url, query)[0][0]

@@ -1,0 +1,139 @@
+"""Many real worker processes on one PostgreSQL study: budget, fault tolerance, reconnects."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR, WORKER_COUNT_ATTR
+from tests.datafiles import write_fashion_mnist
+from tests.workers import logs, start_worker, states, wait_all, wait_until, worker_args
+
+# Slow enough per epoch (about a second on one core) to act in the middle of a trial.
+SLOW_PARAMS = {"n_layers": 2, "n_units_l0": 1024, "n_units_l1": 1024, "activation": "relu",
+               "dropout": 0.0, "batch_norm": False, "optimizer": "adam", "learning_rate": 1e-3,
+               "weight_decay": 1e-5, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def medium_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion-medium"), n_train=9600, n_test=300)
+
+
+def test_four_workers_started_at_once_finish_exactly_the_budget(postgres, fashion_dir, tmp_path):
+    url = postgres.new_database()
+    args = worker_args(url, "race", fashion_dir, tmp_path / "artifacts", n_trials=10, epochs=2)
+    logs_ = [tmp_path / f"worker{i}.log" for i in range(4)]
+    workers = [start_worker(log, *args) for log in logs_]
+    codes = wait_all(workers, timeout=600)
+    assert codes == [0, 0, 0, 0], logs(logs_)
+
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["race"]
+    counts = states(url, "race")
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 10, counts
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == counts[TrialState.FAIL] == 0
+    study = optuna.load_study(study_name="race", storage=url)
+    assert study._storage.get_study_system_attrs(study._study_id)[WORKER_COUNT_ATTR] == 4
+    # Distinct sampler seeds: no two trials drew identical hyperparameters.
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params)
+
+
+def create_slow_study(url: str, name: str, n_trials: int, epochs: int) -> None:
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    study.set_user_attr(OBJECTIVE_ATTR, "fashion_mnist")
+    study.set_user_attr(EPOCHS_ATTR, epochs)
+    for _ in range(n_trials):
+        study.enqueue_trial(SLOW_PARAMS)
+
+
+def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(postgres, medium_fashion_dir, tmp_path):
+    url = postgres.new_database()
+    create_slow_study(url, "kill", n_trials=3, epochs=4)
+    args = worker_args(url, "kill", medium_fashion_dir, tmp_path / "artifacts", n_trials=3, epochs=4, heartbeat=1)
+    logs_ = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = {}
+    for log in logs_:
+        process = start_worker(log, *args)
+        workers[process.pid] = process
+
+    def checkpointed_trial():
+        study = optuna.load_study(study_name="kill", storage=url)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("checkpoint", {}).get("epoch", 0) >= 1 and "worker" in trial.user_attrs:
+                return trial
+        return None
+
+    victim = wait_until(checkpointed_trial, timeout=300)
+    pid = int(victim.user_attrs["worker"].rsplit("/", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    workers.pop(pid).wait()
+    survivors = list(workers.values())
+    assert wait_all(survivors, timeout=600) == [0], logs(logs_)
+
+    study = optuna.load_study(study_name="kill", storage=url)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[victim.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1, logs(logs_)
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert retry.params == victim.params
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    counts = states(url, "kill")
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 3
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0
+
+
+def test_workers_survive_a_postgresql_restart(postgres, medium_fashion_dir, tmp_path):
+    url = postgres.new_database()
+    create_slow_study(url, "restart", n_trials=4, epochs=3)
+    args = worker_args(url, "restart", medium_fashion_dir, tmp_path / "artifacts", n_trials=4, epochs=3, heartbeat=2)
+    logs_ = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = [start_worker(log, *args) for log in logs_]
+
+    def some_epoch_reported():
+        study = optuna.load_study(study_name="restart", storage=url)
+        return any(t.intermediate_values for t in study.get_trials(deepcopy=False))
+
+    wait_until(some_epoch_reported, timeout=300)
+    postgres.restart()
+    restarted_at = time.monotonic()
+    assert wait_all(workers, timeout=600) == [0, 0], logs(logs_)
+    assert time.monotonic() > restarted_at
+    counts = states(url, "restart")
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 4, (counts, logs(logs_))
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0
+
+
+def test_each_worker_holds_at_most_two_connections(postgres, fashion_dir, tmp_path):
+    url = postgres.new_database()
+    n_workers = 6
+    args = worker_args(url, "pool", fashion_dir, tmp_path / "artifacts", n_trials=12, epochs=2)
+    logs_ = [tmp_path / f"worker{i}.log" for i in range(n_workers)]
+    workers = [start_worker(log, *args) for log in logs_]
+    database = url.rsplit("/", 1)[1]
+    query = ("SELECT application_name, count(*) FROM pg_stat_activity "
+             f"WHERE datname = '{database}' AND state IS NOT NULL GROUP BY application_name")
+    peak: dict[str, int] = {}
+    peak_total = 0
+    while any(worker.poll() is None for worker in workers):
+        rows = postgres.rows(postgres.url(), query)
+        for name, count in rows:
+            peak[name] = max(peak.get(name, 0), count)
+        peak_total = max(peak_total, sum(count for _, count in rows))
+        time.sleep(0.05)
+    assert [worker.returncode for worker in workers] == [0] * n_workers, logs(logs_)
+    assert {f"hpsearch/{worker.pid}" for worker in workers} <= set(peak), peak
+    # Two pooled connections per worker (trial loop + heartbeat), plus the schema lock's
+    # one held by a single worker at a time: 32 workers stay under 2 * 32 + 1 = 65 of
+    # PostgreSQL's default 100.
+    assert max(peak.values()) <= 3, peak
+    assert peak_total <= 2 * n_workers + 1, (peak_total, peak)

@@ -1,0 +1,72 @@
+"""Starting real ``search`` subprocesses for the tests, and reading what they left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def search_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SEARCH_")}
+    # Several workers share two cores: one intra-op thread each avoids oversubscription.
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    return env
+
+
+def run_search(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=search_env(), cwd=cwd)
+
+
+def start_worker(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    handle = open(log, "wb")
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "worker", *args],
+                            stdout=handle, stderr=subprocess.STDOUT, env=search_env())
+
+
+def worker_args(storage: str, study: str, data_dir: Path, artifacts: Path, n_trials: int, epochs: int,
+                heartbeat: int = 2, extra: Sequence[str] = ()) -> list[str]:
+    return ["--storage", storage, "--study", study, "--objective", "fashion_mnist",
+            "--data-dir", str(data_dir), "--artifacts", str(artifacts), "--n-trials", str(n_trials),
+            "--epochs", str(epochs), "--heartbeat-interval", str(heartbeat), "--device", "cpu", *extra]
+
+
+def wait_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+    return codes
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout} s")
+
+
+def states(storage: str, study: str) -> dict[TrialState, int]:
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return {state: sum(t.state == state for t in trials) for state in TrialState}
+
+
+def logs(paths: Sequence[Path]) -> str:
+    return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}" for path in paths)
