@@ -25,7 +25,7 @@ class ExportedModelError(ValueError):
 
 def refused_global(message: str) -> str:
     """The 'Unsupported global: GLOBAL x.y' part of PyTorch's long refusal, if any."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", message)
     return f" such as {match.group(1)}" if match else ""
 
 
@@ -40,8 +40,8 @@ def read_exported(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: refused to load: it holds objects other than plain data (tensors, numbers, "
             f"strings, lists, dicts){refused_global(str(error))}, so it is no safe export; nothing in it was run"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ExportedModelError(f"{path}: not a readable PyTorch file ({error})") from None
+    except Exception as error:  # torch raises many types for a file that is not its format
+        raise ExportedModelError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {error})") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_ENTRIES):
         raise ExportedModelError(
             f"{path}: not an exported model (expected the entries {', '.join(REQUIRED_ENTRIES)})"

@@ -52,6 +52,8 @@ def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:
             f"(header {raw[:4].hex()}); download it again"
         )
     header_end = 4 + 4 * ndim
+    if len(raw) < header_end:
+        raise DataError(f"{path}: corrupt IDX file (header cut off after {len(raw)} bytes); download it again")
     shape = struct.unpack(f">{ndim}I", raw[4:header_end])
     expected = 1
     for size in shape:
@@ -61,6 +63,8 @@ def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:
             f"{path}: corrupt IDX file, header says {shape} = {expected} bytes but it holds "
             f"{len(raw) - header_end}; download it again"
         )
+    if expected == 0:
+        return torch.empty(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw[header_end:]), dtype=torch.uint8).reshape(shape)
 
 

@@ -75,14 +75,17 @@ def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any long work if the export cannot be written."""
+    """Fail before any long work if the export cannot be written (by trying to)."""
     directory = path.resolve().parent
     if path.is_dir():
         raise UserError(f"cannot export to {path}: it is a directory; give a file path such as {path / 'model.pt'}")
     if not directory.is_dir():
         raise UserError(f"cannot export to {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"cannot export to {path}: directory {directory} is not writable")
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as error:
+        raise UserError(f"cannot export to {path}: directory {directory} is not writable "
+                        f"({error.strerror}); choose another path") from None
 
 
 def library_versions() -> dict[str, str]:
