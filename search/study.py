@@ -83,6 +83,12 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
         )
 
 
+def check_existing(storage: RDBStorage, spec: StudySpec) -> None:
+    """Read-only early check, so a mismatch is reported before any slow set-up."""
+    if spec.name in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
+        check_compatible(load_existing(storage, spec.name), spec)
+
+
 def join_study(storage: RDBStorage, spec: StudySpec, n_trials: int | None,
                base_seed: int) -> tuple[optuna.Study, int]:
     """Create or load the study, check it fits ``spec``, top up its budget, register a worker.

@@ -28,7 +28,7 @@ from objectives import Dataset, EpochHooks, ObjectiveSettings, load_dataset, mak
 from objectives.trainer import Trainer
 from search.artifacts import CheckpointStore, keep_best_weights, open_artifact_store, save_weights
 from search.storage import open_storage
-from search.study import StudySpec, claim_queued_trial, has_unfinished, join_study
+from search.study import StudySpec, check_existing, claim_queued_trial, has_unfinished, join_study
 
 RESUMED_ATTR = "resumed_from_epoch"
 
@@ -149,10 +149,11 @@ def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> optuna.Study:
+    spec = StudySpec(config.study, config.objective, config.epochs)
+    storage = open_storage(config.storage, heartbeat_interval=config.heartbeat_interval)
+    check_existing(storage, spec)
     dataset = load_dataset(config.objective, config.data_dir)
     store = open_artifact_store(config.artifacts)
-    storage = open_storage(config.storage, heartbeat_interval=config.heartbeat_interval)
-    spec = StudySpec(config.study, config.objective, config.epochs)
     study, index = join_study(storage, spec, config.n_trials, config.seed)
     device = choose_device(config.device, index)
     identity = f"{socket.gethostname()}/{os.getpid()}"

@@ -1,0 +1,107 @@
+"""The ``search`` command as a user runs it: a whole study, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR, WORKER_COUNT_ATTR
+from tests.postgres import free_port
+from tests.workers import run_search
+
+
+def one_error_line(done) -> str:
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("search: error: "), done.stderr
+    return lines[0]
+
+
+def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashion_dir):
+    done = run_search("run", "--data-dir", str(fashion_dir), "--n-trials", "3", "--epochs", "2",
+                      "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert (tmp_path / "search.db").exists() and (tmp_path / "search-artifacts").is_dir()
+    for trial in range(3):
+        assert f"trial {trial} epoch 1/2: val_acc" in out
+    assert "study fashion_mnist: objective fashion_mnist, 2 epochs per trial, 3 trials" in out
+    assert "best: trial" in out and "search best --study fashion_mnist" in out
+    study = optuna.load_study(study_name="fashion_mnist", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert len(study.trials) == 3
+
+    status = run_search("status", "--study", "fashion_mnist", cwd=tmp_path)
+    assert status.returncode == 0 and "complete 3" in status.stdout.replace("  ", " ")
+
+    again = run_search("run", "--data-dir", str(fashion_dir), "--n-trials", "5", "--epochs", "2",
+                       "--device", "cpu", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name="fashion_mnist", storage=f"sqlite:///{tmp_path / 'search.db'}").trials) == 5
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "--objective", "imagenet"], "unknown objective 'imagenet'; choose one of: fashion_mnist, covtype"),
+    (["run", "--storage", "postgresql//nohost"], "malformed storage URL"),
+    (["run", "--storage", "mysql://u@localhost/db"], "unsupported storage URL"),
+    (["run", "--data-dir", "/nonexistent/fashion"], "data directory /nonexistent/fashion does not exist"),
+    (["evaluate", "/nonexistent/model.pt"], "no such file"),
+    (["status", "--study", "x", "--storage", "sqlite:////nonexistent/dir/s.db"], "directory /nonexistent/dir does not exist"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, args, expected):
+    line = one_error_line(run_search(*args, cwd=tmp_path))
+    assert expected in line
+
+
+def test_corrupt_idx_file_names_the_file(tmp_path, fashion_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(fashion_dir, broken)
+    with gzip.open(broken / "train-images-idx3-ubyte.gz", "wb") as handle:
+        handle.write(bytes([0, 0, 8, 3]) + (100).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 99)
+    line = one_error_line(run_search("run", "--data-dir", str(broken), cwd=tmp_path))
+    assert "train-images-idx3-ubyte.gz: corrupt IDX file" in line and "download it again" in line
+
+
+def test_unreachable_database_fails_fast_naming_host_and_port(tmp_path, fashion_dir):
+    port = free_port()
+    started = time.monotonic()
+    line = one_error_line(run_search("worker", "--storage", f"postgresql://user:secret@127.0.0.1:{port}/db",
+                                     "--data-dir", str(fashion_dir), cwd=tmp_path))
+    assert time.monotonic() - started < 10
+    assert f"cannot reach PostgreSQL at 127.0.0.1:{port}" in line and "secret" not in line
+
+
+def database_snapshot(url: str) -> list[tuple]:
+    snapshot = []
+    for summary in optuna.get_all_study_summaries(url):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        trials = [(t.number, t.state, t.params, t.user_attrs) for t in study.get_trials()]
+        system = study._storage.get_study_system_attrs(study._study_id)
+        snapshot.append((summary.study_name, study.directions, study.user_attrs, system, trials))
+    return snapshot
+
+
+def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp_path, fashion_dir):
+    url = postgres.new_database()
+    common = ["--storage", url, "--data-dir", str(fashion_dir), "--artifacts", str(tmp_path / "a"),
+              "--device", "cpu"]
+    done = run_search("worker", "--study", "shared", "--n-trials", "2", "--epochs", "1", *common)
+    assert done.returncode == 0, done.stderr
+    minimized = optuna.create_study(study_name="loss", storage=url, direction="minimize")
+    minimized.set_user_attr(OBJECTIVE_ATTR, "fashion_mnist")
+    minimized.set_user_attr(EPOCHS_ATTR, 1)
+    before = database_snapshot(url)
+    assert dict((s[0], s[3]) for s in before)["shared"][WORKER_COUNT_ATTR] == 1
+
+    line = one_error_line(run_search("worker", "--study", "shared", "--objective", "covtype", "--n-trials", "4",
+                                     "--epochs", "1", *common))
+    assert "study 'shared' exists with objective 'fashion_mnist', not 'covtype'" in line
+    line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "3", *common))
+    assert "trains 1 epochs per trial, not 3" in line
+    line = one_error_line(run_search("worker", "--study", "loss", "--n-trials", "4", "--epochs", "1", *common))
+    assert "exists with direction minimize" in line
+    assert database_snapshot(url) == before
