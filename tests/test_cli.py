@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -12,7 +16,7 @@ import pytest
 
 from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR, WORKER_COUNT_ATTR
 from tests.postgres import free_port
-from tests.workers import run_search
+from tests.workers import run_search, search_env, wait_until
 
 
 def one_error_line(done) -> str:
@@ -105,3 +109,27 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     line = one_error_line(run_search("worker", "--study", "loss", "--n-trials", "4", "--epochs", "1", *common))
     assert "exists with direction minimize" in line
     assert database_snapshot(url) == before
+
+
+def test_dashboard_serves_the_study_over_http(tmp_path, fashion_dir):
+    storage = f"sqlite:///{tmp_path / 'dash.db'}"
+    done = run_search("run", "--storage", storage, "--study", "shown", "--data-dir", str(fashion_dir),
+                      "--n-trials", "1", "--epochs", "1", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", storage,
+                               "--artifacts", str(tmp_path / "search-artifacts"), "--port", str(port)],
+                              env=search_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def studies():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    return json.load(response)
+            except OSError:
+                return None
+
+        listed = wait_until(studies, timeout=60, interval=0.5)
+        assert [summary["study_name"] for summary in listed["study_summaries"]] == ["shown"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
