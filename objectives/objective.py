@@ -61,7 +61,7 @@ def make_objective(dataset: Dataset, settings: ObjectiveSettings,
         seed = trial_seed(trial, settings.seed)
         torch.manual_seed(seed)
         model = build_mlp(space.model_hyperparameters(params, dataset))
-        trainer = Trainer(model, space.training_settings(params), train, settings.device, seed)
+        trainer = Trainer(model, space.training_settings(params, settings.epochs), train, settings.device, seed)
         hooks.resume(trial, trainer)
 
         val_accuracy = float("nan")

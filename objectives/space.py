@@ -51,5 +51,6 @@ def model_hyperparameters(params: Mapping[str, Any], dataset: Dataset) -> dict[s
     }
 
 
-def training_settings(params: Mapping[str, Any]) -> TrainingSettings:
-    return TrainingSettings.from_dict(params)
+def training_settings(params: Mapping[str, Any], epochs: int) -> TrainingSettings:
+    """The trainer's settings, with the learning rate decayed over ``epochs`` (cosine)."""
+    return TrainingSettings.from_dict(params, schedule_epochs=epochs)

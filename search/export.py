@@ -123,8 +123,9 @@ def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_nam
     seed = int(trial.user_attrs.get("seed", trial.number))
     torch.manual_seed(seed)
     hyperparameters = space.model_hyperparameters(trial.params, dataset)
-    trainer = Trainer(build_mlp(hyperparameters), space.training_settings(trial.params), combined, device, seed)
     epochs = epochs_run(trial)
+    trainer = Trainer(build_mlp(hyperparameters), space.training_settings(trial.params, epochs),
+                      combined, device, seed)
     for epoch in range(1, epochs + 1):
         loss = trainer.run_epoch()
         say(f"retrain epoch {epoch}/{epochs}: train_loss {loss:.4f}")

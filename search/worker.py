@@ -181,17 +181,20 @@ def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> optu
                 time.sleep(min(config.heartbeat_interval, 5))
                 continue
             announced_wait = False
-            trial.set_user_attr("worker", identity)
-            trial.set_user_attr("device", str(device))
-            run_trial(study, trial, objective, config, say_tagged, store)
+            run_trial(study, trial, objective, config, say_tagged, store,
+                      {"worker": identity, "device": str(device)})
     return study
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-              config: WorkerConfig, say: Callable[[str], None], store: FileSystemArtifactStore) -> None:
+              config: WorkerConfig, say: Callable[[str], None], store: FileSystemArtifactStore,
+              labels: dict[str, str]) -> None:
     started = time.monotonic()
     try:
+        # The heartbeat starts first: a RUNNING trial without one is never found stale.
         with heartbeat(study._storage, trial._trial_id, config.heartbeat_interval):
+            for key, value in labels.items():
+                trial.set_user_attr(key, value)
             outcome = train_and_tell(study, trial, objective, say)
     except UpdateFinishedTrialError:
         # Our heartbeats stalled (e.g. a long database outage) and another worker failed

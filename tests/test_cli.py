@@ -133,3 +133,14 @@ def test_dashboard_serves_the_study_over_http(tmp_path, fashion_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_time_budget_stops_claiming_and_leaves_the_rest_queued(tmp_path, fashion_dir):
+    storage = f"sqlite:///{tmp_path / 'timed.db'}"
+    done = run_search("worker", "--storage", storage, "--study", "timed", "--data-dir", str(fashion_dir),
+                      "--n-trials", "200", "--epochs", "1", "--timeout", "4", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="timed", storage=storage).get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state.is_finished()]
+    assert len(trials) == 200 and 0 < len(finished) < 200
+    assert all(t.state == optuna.trial.TrialState.WAITING for t in trials if not t.state.is_finished())

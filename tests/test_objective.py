@@ -183,7 +183,7 @@ def test_trainer_detects_divergence(bad_value: float) -> None:
     dataset = poisoned_dataset(bad_value)
     torch.manual_seed(0)
     model = build_mlp(space.model_hyperparameters(GOOD, dataset))
-    trainer = Trainer(model, space.training_settings(GOOD), dataset.train, CPU, seed=0)
+    trainer = Trainer(model, space.training_settings(GOOD, 3), dataset.train, CPU, seed=0)
     with pytest.raises(TrainingDiverged, match="loss"):
         trainer.run_epoch()
 
@@ -191,7 +191,7 @@ def test_trainer_detects_divergence(bad_value: float) -> None:
 def test_trainer_clean_data_does_not_diverge() -> None:
     dataset = poisoned_dataset(0.0)
     model = build_mlp(space.model_hyperparameters(GOOD, dataset))
-    trainer = Trainer(model, space.training_settings(GOOD), dataset.train, CPU, seed=0)
+    trainer = Trainer(model, space.training_settings(GOOD, 3), dataset.train, CPU, seed=0)
     loss = trainer.run_epoch()
     assert 0.0 < loss < 10.0 and trainer.epochs_done == 1
 
@@ -208,14 +208,24 @@ def test_diverging_trial_is_pruned() -> None:
     assert trial.intermediate_values == {}
 
 
+def test_learning_rate_decays_on_a_cosine_over_the_trial() -> None:
+    settings = space.training_settings(GOOD, 4)
+    rates = [settings.learning_rate_at(epoch) for epoch in range(4)]
+    assert rates[0] == GOOD["learning_rate"]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.2 * rates[0]
+    assert rates[2] == pytest.approx(0.5 * GOOD["learning_rate"])
+    constant = TrainingSettings("adam", 1e-3, 0.0, 64)
+    assert {constant.learning_rate_at(epoch) for epoch in range(5)} == {1e-3}
+
+
 # --- trainer checkpoint --------------------------------------------------------------------
 
 
 def test_trainer_checkpoint_round_trip(fashion: Dataset) -> None:
     params = {**GOOD, "dropout": 0.2, "batch_norm": True}
     hyperparameters = space.model_hyperparameters(params, fashion)
-    settings = space.training_settings(params)
-    assert settings == TrainingSettings("adam", 3e-3, 1e-5, 64)
+    settings = space.training_settings(params, 4)
+    assert settings == TrainingSettings("adam", 3e-3, 1e-5, 64, schedule_epochs=4)
 
     torch.manual_seed(11)
     trainer = Trainer(build_mlp(hyperparameters), settings, fashion.train, CPU, seed=11)

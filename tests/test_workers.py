@@ -137,3 +137,25 @@ def test_each_worker_holds_at_most_two_connections(postgres, fashion_dir, tmp_pa
     # PostgreSQL's default 100.
     assert max(peak.values()) <= 3, peak
     assert peak_total <= 2 * n_workers + 1, (peak_total, peak)
+
+
+def test_sigterm_requeues_the_trial_and_the_next_worker_resumes_it(postgres, medium_fashion_dir, tmp_path):
+    url = postgres.new_database()
+    create_slow_study(url, "term", n_trials=1, epochs=3)
+    args = worker_args(url, "term", medium_fashion_dir, tmp_path / "artifacts", n_trials=1, epochs=3, heartbeat=5)
+    first = start_worker(tmp_path / "first.log", *args)
+
+    def checkpointed():
+        trials = optuna.load_study(study_name="term", storage=url).get_trials(deepcopy=False)
+        return trials[0].user_attrs.get("checkpoint", {}).get("epoch", 0) >= 1
+
+    wait_until(checkpointed, timeout=300)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 143, logs([tmp_path / "first.log"])
+    trials = optuna.load_study(study_name="term", storage=url).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+
+    second = start_worker(tmp_path / "second.log", *args)
+    assert second.wait(timeout=300) == 0, logs([tmp_path / "second.log"])
+    retry = optuna.load_study(study_name="term", storage=url).get_trials(deepcopy=False)[1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
