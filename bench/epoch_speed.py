@@ -5,6 +5,8 @@ Fashion-MNIST at the same batch size. The tutorial loop is torchvision's dataset
 ``DataLoader`` and v2 ``ToImage``/``ToDtype`` transforms; ours is ``objectives.trainer``.
 Prints per-batch-size epoch times, the speed-up ratio, and the FLOP floor: 6 x parameters
 x samples divided by the matmul rate measured here on the model's own layer shapes.
+Each figure is the best of several runs: this is a shared VM whose steal time makes
+single runs vary by tens of percent.
 
     python bench/epoch_speed.py [--data-dir DIR] [--batch-sizes 32 256] [--device cpu]
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -38,9 +39,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def tutorial_epoch(raw_root: Path, batch_size: int, device: torch.device) -> float:
-    """Seconds for one epoch of the textbook loop (the official 60k training images
-    would be 9 % more work, so it trains on the first 55,000 to match)."""
+def tutorial_epoch(raw_root: Path, batch_size: int, device: torch.device, repeats: int = 2) -> float:
+    """Seconds for one epoch of the textbook loop, best of ``repeats`` (the official 60k
+    training images would be 9 % more work, so it trains on the first 55,000 to match)."""
     from torchvision import datasets
     from torchvision.transforms import v2
 
@@ -52,20 +53,23 @@ def tutorial_epoch(raw_root: Path, batch_size: int, device: torch.device) -> flo
                           nn.ReLU(), nn.Linear(100, 10)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    synchronize(device)
-    start = time.perf_counter()
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        optimizer.zero_grad()
-        loss = loss_fn(model(images), labels)
-        loss.backward()
-        optimizer.step()
-    synchronize(device)
-    return time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            optimizer.step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
-def our_epoch(dataset: fashion_mnist.Dataset, batch_size: int, device: torch.device, repeats: int = 3) -> float:
-    """Median seconds of ``repeats`` epochs after a warm-up epoch."""
+def our_epoch(dataset: fashion_mnist.Dataset, batch_size: int, device: torch.device, repeats: int = 5) -> float:
+    """Best seconds of ``repeats`` epochs after a warm-up epoch."""
     hyperparameters = {"n_inputs": 784, "hidden_sizes": HIDDEN, "n_classes": 10,
                        "input_mean": list(dataset.input_mean), "input_std": list(dataset.input_std)}
     settings = TrainingSettings("sgd", LEARNING_RATE, 0.0, batch_size)
@@ -78,7 +82,7 @@ def our_epoch(dataset: fashion_mnist.Dataset, batch_size: int, device: torch.dev
         trainer.run_epoch()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def matmul_rate(batch_size: int, device: torch.device, repeats: int = 30) -> float:
@@ -117,23 +121,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=fashion_mnist.SYSTEM_DIR)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, torch.get_num_threads()}),
+                        help="intra-op thread counts to compare (both loops use the same)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = pick_device(args.device)
     dataset = fashion_mnist.load(args.data_dir)
     n_params = sum(p.numel() for p in build_mlp({"n_inputs": 784, "hidden_sizes": HIDDEN, "n_classes": 10}).parameters())
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{n_params:,} parameters, {len(dataset.train):,} training samples")
+    print(f"device {device}, torch {torch.__version__}, {n_params:,} parameters, "
+          f"{len(dataset.train):,} training samples")
     with tempfile.TemporaryDirectory() as tmp:
         raw_root = extract_for_torchvision(fashion_mnist.find_files(args.data_dir)["train_images"].parent, Path(tmp))
-        for batch_size in args.batch_sizes:
-            tutorial = tutorial_epoch(raw_root, batch_size, device)
-            ours = our_epoch(dataset, batch_size, device)
-            rate = matmul_rate(batch_size, device)
-            floor = 6 * n_params * len(dataset.train) / rate
-            print(f"batch {batch_size:5d}: tutorial {tutorial * 1e3:8.1f} ms/epoch, ours {ours * 1e3:8.1f} ms/epoch, "
-                  f"speed-up {tutorial / ours:5.1f}x | FLOP floor {floor * 1e3:7.1f} ms "
-                  f"(matmul {rate / 1e9:.0f} GFLOP/s), ours / floor {ours / floor:4.2f}x")
+        for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            for batch_size in args.batch_sizes:
+                tutorial = tutorial_epoch(raw_root, batch_size, device)
+                ours = our_epoch(dataset, batch_size, device)
+                rate = matmul_rate(batch_size, device)
+                floor = 6 * n_params * len(dataset.train) / rate
+                print(f"{threads} thread(s), batch {batch_size:4d}: tutorial {tutorial * 1e3:8.1f} ms/epoch, "
+                      f"ours {ours * 1e3:7.1f} ms/epoch, speed-up {tutorial / ours:5.1f}x | FLOP floor "
+                      f"{floor * 1e3:7.1f} ms (matmul {rate / 1e9:.0f} GFLOP/s), ours / floor {ours / floor:4.2f}x",
+                      flush=True)
 
 
 if __name__ == "__main__":
