@@ -15,9 +15,6 @@ from collections.abc import Sequence
 
 from search.errors import UserError
 
-OBJECTIVE_NAMES = ("fashion_mnist", "covtype")
-
-
 def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"SEARCH_{name}", default)
 
@@ -70,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("worker", "join a shared study and work until its budget is done")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--objective", default=env("OBJECTIVE", "fashion_mnist"),
-                             help=f"one of {', '.join(OBJECTIVE_NAMES)} [SEARCH_OBJECTIVE]")
+                             help="fashion_mnist or covtype [SEARCH_OBJECTIVE]")
         add_study(command)
         add_storage(command)
         add_artifacts(command)
@@ -105,11 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_work(args: argparse.Namespace) -> int:
+    from objectives import OBJECTIVES, UnknownObjective
     from search.status import study_report
     from search.worker import WorkerConfig, run_worker
 
-    if args.objective not in OBJECTIVE_NAMES:
-        raise UserError(f"unknown objective {args.objective!r}; choose one of: {', '.join(OBJECTIVE_NAMES)}")
+    if args.objective not in OBJECTIVES:
+        raise UnknownObjective(args.objective)
     for option in ("n_trials", "epochs", "heartbeat_interval", "keep_best"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise UserError(f"--{option.replace('_', '-')} must be at least 1")

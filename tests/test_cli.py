@@ -16,14 +16,7 @@ import pytest
 
 from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR, WORKER_COUNT_ATTR
 from tests.postgres import free_port
-from tests.workers import run_search, search_env, wait_until
-
-
-def one_error_line(done) -> str:
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("search: error: "), done.stderr
-    return lines[0]
+from tests.workers import one_error_line, run_search, search_env, wait_until
 
 
 def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashion_dir):

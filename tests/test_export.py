@@ -13,7 +13,7 @@ import torch
 
 from objectives import load_dataset
 from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR
-from tests.workers import REPO, run_search
+from tests.workers import REPO, one_error_line, run_search
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +116,6 @@ def test_a_file_carrying_a_pickled_callable_is_refused_and_nothing_runs(tmp_path
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "refused to load" in lines[0] and "posix.system" in lines[0], done.stderr
     assert not marker.exists()
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("search: error: "), done.stderr
-    return lines[0]
 
 
 def test_export_errors_are_one_clear_line(finished_study, tmp_path):

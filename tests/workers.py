@@ -27,6 +27,14 @@ def run_search(*args: str, timeout: float = 300, cwd: Path | None = None) -> sub
                           timeout=timeout, env=search_env(), cwd=cwd)
 
 
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single ``search: error: ...`` line of a run that must fail with exit status 2."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("search: error: "), done.stderr
+    return lines[0]
+
+
 def start_worker(log: Path, *args: str) -> subprocess.Popen[bytes]:
     handle = open(log, "wb")
     return subprocess.Popen([sys.executable, "-m", "search.cli", "worker", *args],
