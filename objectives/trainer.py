@@ -2,9 +2,10 @@
 
 The whole split lives on the device as tensors; each epoch gathers the split once in
 the order of an on-device permutation and a batch is a slice of that, and the uint8
-pixels become floats only once the batch is taken. No DataLoader and no per-sample Python: one epoch is a short loop of
-``index -> forward -> backward -> step``. Its state (model, optimizer, RNGs, epoch)
-round-trips through ``state_dict`` so a checkpoint resumes exactly where it stopped.
+pixels become floats only once the batch is taken. No DataLoader and no per-sample
+Python: one epoch is a short loop of ``slice -> forward -> backward -> step``. Its state
+(model, optimizer, RNGs, epoch) round-trips through ``state_dict`` so a checkpoint
+resumes exactly where it stopped.
 """
 
 from __future__ import annotations

@@ -83,10 +83,16 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
         )
 
 
-def check_existing(storage: RDBStorage, spec: StudySpec) -> None:
-    """Read-only early check, so a mismatch is reported before any slow set-up."""
-    if spec.name in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
-        check_compatible(load_existing(storage, spec.name), spec)
+def check_existing(storage: RDBStorage, spec: StudySpec) -> optuna.Study | None:
+    """The study named in ``spec`` if it exists and fits it (read-only); None if it does not exist.
+
+    Workers call it once early, so a mismatch is reported before any slow set-up.
+    """
+    if spec.name not in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
+        return None
+    study = load_existing(storage, spec.name)
+    check_compatible(study, spec)
+    return study
 
 
 def join_study(storage: RDBStorage, spec: StudySpec, n_trials: int | None,
@@ -96,11 +102,8 @@ def join_study(storage: RDBStorage, spec: StudySpec, n_trials: int | None,
     Returns the study (with a sampler seeded by base seed + worker index) and the index.
     """
     with study_lock(storage, spec.name):
-        names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
-        if spec.name in names:
-            study = load_existing(storage, spec.name)
-            check_compatible(study, spec)
-        else:
+        study = check_existing(storage, spec)
+        if study is None:
             study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
                                         pruner=make_pruner())
             study.set_user_attr(OBJECTIVE_ATTR, spec.objective)
