@@ -20,7 +20,11 @@ REQUIRED_KEYS = ("n_inputs", "hidden_sizes", "n_classes")
 
 
 class Standardize(nn.Module):
-    """``(x - mean) / std`` with per-feature (or scalar) statistics kept as buffers."""
+    """``(x - mean) / std`` with per-feature (or scalar) statistics kept as buffers.
+
+    Integer input (uint8 pixels) is promoted to float by the subtraction itself, so a
+    caller can pass raw pixels without a separate conversion.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

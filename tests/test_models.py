@@ -114,6 +114,10 @@ def test_standardize_layer_scales_raw_inputs() -> None:
                         "input_mean": [100.0], "input_std": [50.0]})
     raw = torch.tensor([[100.0, 150.0, 0.0]])
     torch.testing.assert_close(scalar[0](raw), torch.tensor([[0.0, 1.0, -2.0]]))
+    # uint8 pixels are promoted by the layer itself, exactly as if converted first.
+    pixels = torch.tensor([[100, 150, 0]], dtype=torch.uint8)
+    assert scalar[0](pixels).dtype == torch.float32
+    assert torch.equal(scalar[0](pixels), scalar[0](pixels.float()))
 
 
 # --- exported files -------------------------------------------------------------------------

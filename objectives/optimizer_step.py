@@ -1,0 +1,86 @@
+"""``optimizer.step()`` without its per-call bookkeeping, for small models on a CPU.
+
+``torch.optim.Optimizer.step`` rebuilds its lists of parameters, gradients and state
+tensors on every call and wraps itself in profiling hooks and grad-mode switches. On a
+small MLP that costs about 100 us a step, as long as the fused update itself and about a
+tenth of a whole batch-32 step on a 2-core CPU. ``FusedStep`` builds those lists once and
+calls the same functional kernel (``torch.optim.sgd.sgd`` and friends, ``fused=True``)
+that ``step`` would. The optimizer keeps owning its state tensors, which the kernel
+updates in place, so ``optimizer.state_dict()`` always sees the latest state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.optim import adam, adamw, sgd
+
+
+Gradients = Sequence[torch.Tensor]
+
+
+class FusedStep:
+    """Callable that applies one step of ``optimizer`` (fused SGD, Adam or AdamW) with
+    gradients passed in, in the order of the optimizer's parameters, as returned by
+    ``torch.autograd.grad``: they never need to be stored in or cleared from ``.grad``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        group = optimizer.param_groups[0]
+        supported = isinstance(optimizer, torch.optim.SGD | torch.optim.Adam | torch.optim.AdamW)
+        if (not supported or len(optimizer.param_groups) != 1 or not group.get("fused")
+                or group.get("amsgrad")):
+            raise ValueError("FusedStep needs fused SGD, Adam or AdamW (no amsgrad) with one parameter group")
+        self.optimizer = optimizer
+        self._parameters = list(group["params"])
+        self._update: Callable[[Gradients], None] | None = None
+
+    def __call__(self, gradients: Gradients) -> None:
+        if self._update is None:
+            # The first step is torch's own: it creates the state tensors we then bind to.
+            for parameter, gradient in zip(self._parameters, gradients, strict=True):
+                parameter.grad = gradient
+            self.optimizer.step()
+            for parameter in self._parameters:
+                parameter.grad = None
+            self._update = self._bind()
+        else:
+            self._update(gradients)
+
+    def state_replaced(self) -> None:
+        """Call after ``optimizer.load_state_dict``: it swaps in new state tensors."""
+        self._update = None
+
+    def _bind(self) -> Callable[[Gradients], None]:
+        optimizer = self.optimizer
+        group = optimizer.param_groups[0]
+        # Detached aliases share storage with the parameters; updating them in place needs
+        # no grad-mode switch.
+        params = [p.detach() for p in self._parameters]
+        # .get: indexing the defaultdict would add empty entries to the state_dict.
+        states = [optimizer.state.get(p, {}) for p in self._parameters]
+
+        if isinstance(optimizer, torch.optim.SGD):
+            # Plain SGD (momentum 0) keeps no buffers.
+            buffers = [state.get("momentum_buffer") for state in states]
+
+            def update_sgd(gradients: Gradients) -> None:
+                sgd.sgd(params, list(gradients), buffers, fused=True, lr=group["lr"],
+                        weight_decay=group["weight_decay"], momentum=group["momentum"],
+                        dampening=group["dampening"], nesterov=group["nesterov"],
+                        maximize=group["maximize"])
+            return update_sgd
+
+        # Recent torch makes AdamW a subclass of Adam, so ask for AdamW first.
+        functional = adamw.adamw if isinstance(optimizer, torch.optim.AdamW) else adam.adam
+        exp_avgs = [state["exp_avg"] for state in states]
+        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+        steps = [state["step"] for state in states]
+
+        def update_adam(gradients: Gradients) -> None:
+            beta1, beta2 = group["betas"]
+            functional(params, list(gradients), exp_avgs, exp_avg_sqs, [], steps, fused=True,
+                       amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                       weight_decay=group["weight_decay"], eps=group["eps"],
+                       maximize=group["maximize"])
+        return update_adam
