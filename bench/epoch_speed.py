@@ -7,7 +7,8 @@ Prints per-batch-size epoch times, the speed-up ratio, and the FLOP floor: 6 x p
 x samples divided by the matmul rate measured here on the model's own layer shapes.
 The two loops run in interleaved rounds (one tutorial epoch, then our best of three) and
 each figure is the best over the rounds; the per-round ratios are printed too, because on
-a shared VM single epochs vary by tens of percent.
+a shared VM single epochs vary by tens of percent. On a CPU it runs at one intra-op
+thread and at torch's default (every core); both loops always get the same count.
 
     python bench/epoch_speed.py [--data-dir DIR] [--batch-sizes 32 256] [--device cpu]
 """
