@@ -35,16 +35,17 @@ class FusedStep:
                 or group.get("amsgrad")):
             raise ValueError("FusedStep needs fused SGD, Adam or AdamW (no amsgrad) with one parameter group")
         self.optimizer = optimizer
-        self._parameters = list(group["params"])
+        # The order the gradients must come in: pass these to torch.autograd.grad.
+        self.parameters: list[torch.Tensor] = list(group["params"])
         self._update: Callable[[Gradients], None] | None = None
 
     def __call__(self, gradients: Gradients) -> None:
         if self._update is None:
             # The first step is torch's own: it creates the state tensors we then bind to.
-            for parameter, gradient in zip(self._parameters, gradients, strict=True):
+            for parameter, gradient in zip(self.parameters, gradients, strict=True):
                 parameter.grad = gradient
             self.optimizer.step()
-            for parameter in self._parameters:
+            for parameter in self.parameters:
                 parameter.grad = None
             self._update = self._bind()
         else:
@@ -59,9 +60,9 @@ class FusedStep:
         group = optimizer.param_groups[0]
         # Detached aliases share storage with the parameters; updating them in place needs
         # no grad-mode switch.
-        params = [p.detach() for p in self._parameters]
+        params = [p.detach() for p in self.parameters]
         # .get: indexing the defaultdict would add empty entries to the state_dict.
-        states = [optimizer.state.get(p, {}) for p in self._parameters]
+        states = [optimizer.state.get(p, {}) for p in self.parameters]
 
         if isinstance(optimizer, torch.optim.SGD):
             # Plain SGD (momentum 0) keeps no buffers and its kernel takes none.

@@ -106,7 +106,6 @@ class Trainer:
         self.model = model.to(device)
         self.optimizer = make_optimizer(self.model, settings)
         self.optimizer_step = FusedStep(self.optimizer)
-        self.parameters = list(self.model.parameters())
         self.shuffle = torch.Generator(device=device).manual_seed(seed)
         # The split in this epoch's order, rewritten in place every epoch: a fresh
         # dataset-sized tensor per epoch would cost page faults on a CPU.
@@ -136,7 +135,7 @@ class Trainer:
             loss = F.cross_entropy(self.model(inputs), targets)
             # Gradients go straight to the optimizer: nothing to accumulate into or clear
             # from .grad, which at small batches is a measurable share of a step.
-            self.optimizer_step(torch.autograd.grad(loss, self.parameters))
+            self.optimizer_step(torch.autograd.grad(loss, self.optimizer_step.parameters))
             losses.append(loss.detach())
         self.epochs_done += 1
         # One host sync per epoch, not per step.
