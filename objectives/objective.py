@@ -17,8 +17,6 @@ from objectives import space
 from objectives.datasets import Dataset
 from objectives.trainer import Trainer, TrainingDiverged, accuracy
 
-SEED_ATTR = "seed"
-
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
@@ -29,6 +27,10 @@ class ObjectiveSettings:
 
 class EpochHooks:
     """Called by the objective around training; the service overrides what it needs."""
+
+    def trial_seed(self, trial: optuna.Trial, base_seed: int) -> int:
+        """The trial's training seed: distinct per trial, fixed by the base seed."""
+        return base_seed * 100_003 + trial.number
 
     def resume(self, trial: optuna.Trial, trainer: Trainer) -> None:
         """Restore the trial's latest checkpoint into ``trainer``, if it has one."""
@@ -41,15 +43,6 @@ class EpochHooks:
         """The trial trained all its epochs; its value is ``val_accuracy``."""
 
 
-def trial_seed(trial: optuna.Trial, base_seed: int) -> int:
-    """A per-trial seed, kept as a user attr so a retried trial reuses it."""
-    seed = trial.user_attrs.get(SEED_ATTR)
-    if seed is None:
-        seed = base_seed * 100_003 + trial.number
-        trial.set_user_attr(SEED_ATTR, seed)
-    return int(seed)
-
-
 def make_objective(dataset: Dataset, settings: ObjectiveSettings,
                    hooks: EpochHooks | None = None) -> Callable[[optuna.Trial], float]:
     hooks = hooks or EpochHooks()
@@ -58,7 +51,7 @@ def make_objective(dataset: Dataset, settings: ObjectiveSettings,
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
-        seed = trial_seed(trial, settings.seed)
+        seed = hooks.trial_seed(trial, settings.seed)
         torch.manual_seed(seed)
         model = build_mlp(space.model_hyperparameters(params, dataset))
         trainer = Trainer(model, space.training_settings(params, settings.epochs), train, settings.device, seed)
@@ -70,7 +63,6 @@ def make_objective(dataset: Dataset, settings: ObjectiveSettings,
                 train_loss = trainer.run_epoch()
             except TrainingDiverged as diverged:
                 # A diverging configuration is a bad one, not a worker failure.
-                trial.set_user_attr("pruned_reason", str(diverged))
                 raise optuna.TrialPruned(str(diverged)) from None
             val_accuracy = accuracy(trainer.model, validation)
             trial.report(val_accuracy, epoch)

@@ -1,108 +1,183 @@
-"""What the workers keep in the shared artifact store (a directory or volume by default).
+"""What the workers keep in the shared artifact directory, and the bound on its size.
 
-* Per-epoch checkpoints (model, optimizer, RNG states, epoch) so a retried trial resumes
-  where its dead worker stopped. The trial's user attr ``checkpoint`` points at the
-  latest; it is written under a fresh id before the pointer moves, so a worker killed
-  mid-write never leaves a torn checkpoint behind the pointer. Optuna's retry callback
-  copies user attrs, which is how the retry finds it.
-* Final weights of completed trials (``{"model_state_dict", "model_hyperparameters"}``),
-  uploaded with ``optuna.artifacts.upload_artifact`` so optuna-dashboard lists them;
-  only the best ``keep_best`` trials keep theirs.
+* Checkpoints (model, optimizer, RNG states, epoch) in ``checkpoints/``, so a retried
+  trial resumes where its dead worker stopped. The trial's user attr ``checkpoint`` is
+  the pointer. A file is written completely (temporary name, fsync, rename) before the
+  pointer moves to it, and the old file is deleted only after. If the pointer cannot
+  move (the trial was failed meanwhile), the new file is deleted. Whoever holds the
+  pointer owns the file: a retry inherits it with the pointer, and a trial that ends
+  (completed, pruned, failed for good) clears its pointer and deletes its file.
+* Final weights of completed trials at the top level, listed as Optuna artifacts so
+  optuna-dashboard offers them; only the best ``keep_best`` trials keep them, and
+  removed weights leave the dashboard's list as well.
+* File names carry the study's token (a random id kept in the study) and the writing
+  trial's id, so ``sweep`` can delete what a killed worker left half-done (a file whose
+  pointer never moved, weights never listed) without touching other studies' files.
+
+On disk: the best K weights per study plus one checkpoint per running trial (two for
+an instant while a new one replaces the old).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import TrialState
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
+from search import keys, optuna_adapter
 from search.errors import UserError
 
 DEFAULT_ARTIFACTS = "search-artifacts"
-CHECKPOINT_ATTR = "checkpoint"
-WEIGHTS_ATTR = "weights_artifact_id"
+CHECKPOINT_DIR = "checkpoints"
+WEIGHTS_SUFFIX = "-weights.pt"
+TOKEN_LENGTH = 12
+_WRITER = re.compile(r"^\.?(?P<token>[0-9a-f]{12})-(?P<trial>[0-9a-f]+)-")
 
 
-def open_artifact_store(path: str | os.PathLike[str]) -> FileSystemArtifactStore:
-    directory = Path(path)
+class ArtifactStoreError(UserError):
+    """The artifact directory cannot be written (full, read-only, gone)."""
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex[:TOKEN_LENGTH]
+
+
+def write_atomically(path: Path, payload: Any) -> None:
+    """``torch.save`` to ``path`` so that a reader (or a crash) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
     except OSError as error:
-        raise UserError(f"cannot create the artifact directory {directory}: {error.strerror}; "
-                        f"pass --artifacts with a writable directory") from None
-    return FileSystemArtifactStore(str(directory))
+        temporary.unlink(missing_ok=True)
+        raise ArtifactStoreError(f"cannot write {path}: {error.strerror}; free space in (or fix the "
+                                 f"permissions of) the artifact directory {path.parent}") from None
 
 
-def read_tensors(store: FileSystemArtifactStore, artifact_id: str) -> dict[str, Any]:
-    """Read an artifact written by ``torch.save``, refusing anything but plain data."""
-    with store.open_reader(artifact_id) as reader:
-        return torch.load(io.BytesIO(reader.read()), map_location="cpu", weights_only=True)
+def read_tensors(path: Path | io.BufferedReader) -> dict[str, Any]:
+    """Read a file written by ``torch.save``, refusing anything but plain data."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-class CheckpointStore:
-    def __init__(self, store: FileSystemArtifactStore) -> None:
-        self.store = store
+class ArtifactDirectory:
+    """The shared directory (a path every worker sees): weights on top, checkpoints below."""
 
-    def save(self, trial: optuna.Trial, state: dict[str, Any], epoch: int) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        buffer.seek(0)
-        artifact_id = f"checkpoint-{uuid.uuid4()}"
-        self.store.write(artifact_id, buffer)
-        previous = trial.user_attrs.get(CHECKPOINT_ATTR)
-        trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": epoch})
-        if previous:
-            self.remove(previous["artifact_id"])
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(path)
+        self.checkpoints = self.root / CHECKPOINT_DIR
+        self.store = FileSystemArtifactStore(str(self.root))  # what optuna-dashboard reads
+        self.dropped: set[str] = set()  # weights this process already removed
 
-    def latest(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> tuple[dict[str, Any], int] | None:
-        """The trial's (possibly inherited) latest checkpoint and its epoch, if readable."""
-        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
-        if not pointer:
+    # --- checkpoints ----------------------------------------------------------------
+    def save_checkpoint(self, token: str, trial: optuna.Trial, state: dict[str, Any], epoch: int) -> None:
+        name = f"{token}-{optuna_adapter.trial_id(trial):x}-e{epoch}-{uuid.uuid4().hex[:8]}.pt"
+        write_atomically(self.checkpoints / name, state)
+        previous = trial.user_attrs.get(keys.CHECKPOINT)
+        try:
+            trial.set_user_attr(keys.CHECKPOINT, {"file": name, "epoch": epoch, "trial": trial.number})
+        except UpdateFinishedTrialError:
+            (self.checkpoints / name).unlink(missing_ok=True)  # the retry keeps the previous one
+            raise
+        if previous and "file" in previous:
+            (self.checkpoints / previous["file"]).unlink(missing_ok=True)
+
+    def latest_checkpoint(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The trial's (inherited) latest checkpoint and its pointer, if it is readable."""
+        pointer = trial.user_attrs.get(keys.CHECKPOINT)
+        if not pointer or "file" not in pointer:
             return None
         try:
-            return read_tensors(self.store, pointer["artifact_id"]), int(pointer["epoch"])
-        except (ArtifactNotFound, OSError, RuntimeError):
-            return None  # lost or torn: train from scratch rather than fail the trial
+            return read_tensors(self.checkpoints / pointer["file"]), pointer
+        except (OSError, RuntimeError, EOFError):
+            return None  # lost or unreadable: train from scratch rather than fail the trial
 
-    def discard(self, trial: optuna.Trial) -> None:
-        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+    def discard_checkpoint(self, trial: optuna.Trial) -> None:
+        """Clear the pointer, then delete its file (not if the trial was taken over)."""
+        pointer = trial.user_attrs.get(keys.CHECKPOINT)
         if pointer:
-            self.remove(pointer["artifact_id"])
+            trial.set_user_attr(keys.CHECKPOINT, None)
+            if "file" in pointer:
+                (self.checkpoints / pointer["file"]).unlink(missing_ok=True)
 
-    def remove(self, artifact_id: str) -> None:
+    # --- weights --------------------------------------------------------------------
+    def save_weights(self, token: str, trial: optuna.Trial, model: torch.nn.Module,
+                     model_hyperparameters: dict[str, Any]) -> str:
+        owner = optuna_adapter.trial_id(trial)
+        artifact_id = f"{token}-{owner:x}-{uuid.uuid4()}"  # hex and dashes: the dashboard's URL form
+        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+        write_atomically(self.root / artifact_id, {"model_state_dict": state,
+                                                   "model_hyperparameters": model_hyperparameters})
         try:
-            self.store.remove(artifact_id)
-        except ArtifactNotFound:
-            pass
+            optuna_adapter.register_artifact(trial.storage, owner, artifact_id,
+                                             f"trial-{trial.number}{WEIGHTS_SUFFIX}")
+        except UpdateFinishedTrialError:
+            (self.root / artifact_id).unlink(missing_ok=True)
+            raise
+        return artifact_id
+
+    def keep_best(self, study: optuna.Study, slots: optuna_adapter.Slots, keep: int) -> None:
+        """Remove the weights, and their dashboard entries, of completed trials outside the best ``keep``."""
+        completed = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if weights_ids(trial)]
+        completed.sort(key=lambda trial: (-trial.value, trial.number))
+        for trial in completed[keep:]:
+            for artifact_id in weights_ids(trial):
+                if artifact_id in self.dropped:
+                    continue
+                slots.unregister_artifact(optuna_adapter.trial_id(trial), artifact_id)
+                (self.root / artifact_id).unlink(missing_ok=True)
+                self.dropped.add(artifact_id)
+
+    # --- the bound ------------------------------------------------------------------
+    def files(self) -> Iterator[Path]:
+        for directory in (self.root, self.checkpoints):
+            yield from (path for path in directory.iterdir() if path.is_file())
+
+    def sweep(self, slots: optuna_adapter.Slots, token: str) -> list[Path]:
+        """Delete the study's files that nothing points at and no running trial is still
+        writing: what killed workers and taken-over trials left behind."""
+        # Files first, references second: a file written after the listing is not judged
+        # against references read before its writer started.
+        candidates = [(path, writer) for path in self.files()
+                      if (writer := _WRITER.match(path.name)) and writer["token"] == token]
+        references = slots.references()
+        removed = []
+        for path, writer in candidates:
+            name = path.name.removeprefix(".").removesuffix(".tmp")
+            kept = references.checkpoints if path.parent == self.checkpoints else references.listed
+            if name in kept or int(writer["trial"], 16) in references.running:
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
 
 
-def save_weights(store: FileSystemArtifactStore, trial: optuna.Trial,
-                 model: torch.nn.Module, model_hyperparameters: dict[str, Any]) -> str:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial-{trial.number}-weights.pt"
-        torch.save({"model_state_dict": state, "model_hyperparameters": model_hyperparameters}, path)
-        artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-    trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
-    return artifact_id
+def weights_ids(trial: FrozenTrial) -> list[str]:
+    return [key.removeprefix(keys.ARTIFACTS_PREFIX) for key, value in trial.system_attrs.items()
+            if key.startswith(keys.ARTIFACTS_PREFIX) and WEIGHTS_SUFFIX in str(value)]
 
 
-def keep_best_weights(study: optuna.Study, store: FileSystemArtifactStore, keep_best: int) -> None:
-    """Remove the weights of completed trials outside the best ``keep_best``."""
-    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.user_attrs.get(WEIGHTS_ATTR)]
-    completed.sort(key=lambda t: (-t.value, t.number))
-    for trial in completed[keep_best:]:
-        try:
-            store.remove(trial.user_attrs[WEIGHTS_ATTR])
-        except ArtifactNotFound:
-            pass  # removed when an earlier trial finished
+def open_artifact_directory(path: str | os.PathLike[str]) -> ArtifactDirectory:
+    """Create the directory if needed and prove it writable, before any trial is claimed."""
+    directory = ArtifactDirectory(path)
+    try:
+        directory.checkpoints.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ArtifactStoreError(f"cannot create the artifact directory {directory.checkpoints}: "
+                                 f"{error.strerror}; pass --artifacts with a writable directory") from None
+    write_atomically(directory.checkpoints / f"probe-{os.getpid()}", {})
+    (directory.checkpoints / f"probe-{os.getpid()}").unlink()
+    return directory

@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from search.errors import UserError
+from search.errors import SearchError, UserError
 
 def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"SEARCH_{name}", default)
@@ -29,8 +29,18 @@ def env_int(name: str, default: int | None) -> int | None:
         raise UserError(f"SEARCH_{name}={value!r} is not an integer") from None
 
 
+def env_float(name: str, default: float | None) -> float | None:
+    value = env(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"SEARCH_{name}={value!r} is not a number") from None
+
+
 def add_storage(parser: argparse.ArgumentParser) -> None:
-    from search.storage import DEFAULT_STORAGE
+    from search.database import DEFAULT_STORAGE
 
     parser.add_argument("--storage", default=env("STORAGE", DEFAULT_STORAGE),
                         help="study storage URL: sqlite:///FILE.db (default %(default)s) or "
@@ -80,8 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                              help="stop claiming new trials after this many seconds [SEARCH_TIMEOUT]")
         command.add_argument("--seed", type=int, default=env_int("SEED", 0),
                              help="base seed; worker k's sampler uses seed + k [SEARCH_SEED]")
-        command.add_argument("--heartbeat-interval", type=int, default=env_int("HEARTBEAT_INTERVAL", 10),
-                             help="seconds between heartbeats; a trial silent for 3x this is retried")
+        command.add_argument("--heartbeat-interval", type=float, default=env_float("HEARTBEAT_INTERVAL", 10),
+                             help="seconds between a running trial's heartbeats [SEARCH_HEARTBEAT_INTERVAL]")
+        command.add_argument("--grace-period", type=float, default=env_float("GRACE_PERIOD", 90),
+                             help="a trial whose heartbeat is older than this is failed and retried; "
+                                  "covers network blips of a worker up to about this long [SEARCH_GRACE_PERIOD]")
+        command.add_argument("--db-patience", type=float, default=env_float("DB_PATIENCE", 300),
+                             help="seconds to keep reconnecting to a lost database before giving up "
+                                  "[SEARCH_DB_PATIENCE]")
         command.add_argument("--keep-best", type=int, default=env_int("KEEP_BEST", 5),
                              help="keep final weights of only the best K trials [SEARCH_KEEP_BEST]")
 
@@ -111,15 +127,21 @@ def command_work(args: argparse.Namespace) -> int:
     for option in ("n_trials", "epochs", "heartbeat_interval", "keep_best"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise UserError(f"--{option.replace('_', '-')} must be at least 1")
+    if args.grace_period < 2 * args.heartbeat_interval:
+        raise UserError(f"--grace-period {args.grace_period:g} must be at least twice --heartbeat-interval "
+                        f"({args.heartbeat_interval:g}), or live workers would be taken for dead")
     config = WorkerConfig(
         storage=args.storage, study=args.study or args.objective, objective=args.objective,
         epochs=args.epochs, n_trials=args.n_trials, data_dir=args.data_dir, artifacts=args.artifacts,
         device=args.device, seed=args.seed, timeout=float(args.timeout) if args.timeout else None,
-        heartbeat_interval=args.heartbeat_interval, keep_best=args.keep_best,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, keep_best=args.keep_best,
+        db_patience=args.db_patience,
     )
     study = run_worker(config, say=lambda line: print(line, flush=True))
     if args.command == "run":
-        print(study_report(study))
+        from search.storage import open_storage
+
+        print(study_report(study, open_storage(args.storage).slots(study).progress()))
         print(f"export the best model: search best --study {config.study} --storage {args.storage} "
               f"--artifacts {args.artifacts} --export model.pt")
     return 0
@@ -130,25 +152,28 @@ def command_status(args: argparse.Namespace) -> int:
     from search.storage import open_storage
     from search.study import load_existing
 
-    print(study_report(load_existing(open_storage(args.storage), args.study)))
+    storage = open_storage(args.storage)
+    study = load_existing(storage, args.study)
+    print(study_report(study, storage.slots(study).progress()))
     return 0
 
 
 def command_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from search.artifacts import open_artifact_store
+    from search.artifacts import ArtifactDirectory
     from search.storage import open_storage
 
     storage = open_storage(args.storage)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/", flush=True)
-    run_server(storage, host=args.host, port=args.port, artifact_store=open_artifact_store(args.artifacts))
+    run_server(storage, host=args.host, port=args.port, artifact_store=ArtifactDirectory(args.artifacts).store)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from models import ExportedModelError
     from objectives import DataError, UnknownObjective
+    from search.signals import WorkerStopped
 
     try:
         args = build_parser().parse_args(argv)
@@ -156,18 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"run": command_work, "worker": command_work, "status": command_status,
                    "dashboard": command_dashboard}.get(args.command) or args.handler
         return handler(args)
-    except (UserError, DataError, UnknownObjective, ExportedModelError) as error:
+    except SearchError as error:
+        print(f"search: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except (DataError, UnknownObjective, ExportedModelError) as error:
         print(f"search: error: {error}", file=sys.stderr)
         return 2
+    except WorkerStopped as stop:
+        print(f"search: stopped by {stop}; the current trial was re-queued", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as error:
-        from search.worker import WorkerStopped
-
-        if isinstance(error, WorkerStopped):
-            print(f"search: stopped by {error}; the current trial was re-queued", file=sys.stderr)
-            return 143
-        raise
 
 
 def configure_logging(verbose: bool) -> None:

@@ -25,9 +25,9 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from search import keys
 from search.errors import UserError
 
 FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     return {
         "study": study.study_name, "trial_number": trial.number, "validation_accuracy": trial.value,
         "params": trial.params, "epochs": epochs_run(trial), "duration_s": duration,
-        "objective": study.user_attrs.get("objective"),
+        "objective": study.user_attrs.get(keys.OBJECTIVE),
     }
 
 
@@ -94,18 +94,18 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def stored_weights(store: Any, trial: FrozenTrial) -> dict[str, Any]:
-    from search.artifacts import WEIGHTS_ATTR, read_tensors
+def stored_weights(directory: Any, trial: FrozenTrial) -> dict[str, Any]:
+    from search.artifacts import read_tensors, weights_ids
 
-    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
-    if artifact_id is None:
-        raise UserError(f"trial {trial.number} has no stored weights (it ran before weights were kept); "
-                        f"rerun with --retrain to train them again")
+    listed = weights_ids(trial)
+    if not listed:
+        raise UserError(f"trial {trial.number} has no stored weights (only the best --keep-best trials keep "
+                        f"theirs); rerun with --retrain to train them again")
     try:
-        return read_tensors(store, artifact_id)
-    except (ArtifactNotFound, FileNotFoundError):
-        raise UserError(f"the weights of trial {trial.number} ({artifact_id}) are not in the artifact store "
-                        f"(removed, or another --artifacts directory); rerun with --retrain") from None
+        return read_tensors(directory.root / listed[0])
+    except FileNotFoundError:
+        raise UserError(f"the weights of trial {trial.number} ({listed[0]}) are not in {directory.root} "
+                        f"(another --artifacts directory?); rerun with --retrain") from None
 
 
 def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_name: str,
@@ -120,7 +120,7 @@ def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_nam
     device = pick_device(device_name)
     combined = Split(torch.cat([dataset.train.features, dataset.validation.features]),
                      torch.cat([dataset.train.labels, dataset.validation.labels]))
-    seed = int(trial.user_attrs.get("seed", trial.number))
+    seed = int(trial.user_attrs.get(keys.SEED, trial.number))
     torch.manual_seed(seed)
     hyperparameters = space.model_hyperparameters(trial.params, dataset)
     epochs = epochs_run(trial)
@@ -146,7 +146,7 @@ def write_export(path: Path, payload: dict[str, Any]) -> None:
 
 
 def command_best(args: argparse.Namespace) -> int:
-    from search.artifacts import open_artifact_store
+    from search.artifacts import ArtifactDirectory
     from search.storage import open_storage
     from search.study import load_existing
 
@@ -178,7 +178,7 @@ def command_best(args: argparse.Namespace) -> int:
         metadata.update(trained_on="train+validation", test_accuracy=test_accuracy)
         say(f"retrained on train+validation: test accuracy {test_accuracy:.2%}")
     else:
-        weights = stored_weights(open_artifact_store(args.artifacts), trial)
+        weights = stored_weights(ArtifactDirectory(args.artifacts), trial)
         state_dict, hyperparameters = weights["model_state_dict"], weights["model_hyperparameters"]
     metadata.update(describe_inputs(objective, hyperparameters))
     write_export(export, {"model_state_dict": state_dict, "model_hyperparameters": hyperparameters,

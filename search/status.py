@@ -8,7 +8,8 @@ from collections import Counter
 import optuna
 from optuna.trial import TrialState
 
-from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR
+from search import keys
+from search.optuna_adapter import Progress
 
 
 def format_params(params: dict[str, object]) -> str:
@@ -16,15 +17,19 @@ def format_params(params: dict[str, object]) -> str:
                      for key, value in params.items())
 
 
-def study_report(study: optuna.Study) -> str:
+def study_report(study: optuna.Study, progress: Progress) -> str:
     trials = study.get_trials(deepcopy=False)
-    counts = Counter(trial.state for trial in trials)
     attrs = study.user_attrs
+    epochs = attrs.get(keys.EPOCHS, "?")
+    retried = sum(keys.CONTINUED_BY in trial.system_attrs for trial in trials)
     lines = [
-        f"study {study.study_name}: objective {attrs.get(OBJECTIVE_ATTR, '?')}, "
-        f"{attrs.get(EPOCHS_ATTR, '?')} epochs per trial, {len(trials)} trials",
-        "  " + "  ".join(f"{state.name.lower()} {counts.get(state, 0)}" for state in TrialState),
+        f"study {study.study_name}: objective {attrs.get(keys.OBJECTIVE, '?')}, {epochs} epochs per trial, "
+        f"budget {progress.budget}",
+        f"  finished {progress.finished} (complete {progress.complete}, pruned {progress.pruned}, "
+        f"failed {progress.failed}), running {progress.running}, waiting {progress.waiting}",
     ]
+    if retried:
+        lines.append(f"  {retried} trial(s) failed by a dead or stopped worker and continued by a retry")
     completed = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     if completed:
         best = study.best_trial
@@ -40,6 +45,10 @@ def study_report(study: optuna.Study) -> str:
             epoch = max(steps) if steps else 0
             last = f"{steps[epoch]:.2%}" if steps else "-"
             age = time.time() - trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-            lines.append(f"{trial.number:>9}  {epoch:>3}/{attrs.get(EPOCHS_ATTR, '?'):<3}  {last:>12}  "
-                         f"{age:>6.0f}s  {trial.user_attrs.get('worker', '?')}")
+            lines.append(f"{trial.number:>9}  {epoch:>3}/{epochs!s:<3}  {last:>12}  "
+                         f"{age:>6.0f}s  {trial.user_attrs.get(keys.WORKER, '?')}")
+    failures = Counter(trial.user_attrs.get(keys.FAIL_REASON) for trial in trials
+                       if trial.state == TrialState.FAIL and keys.CONTINUED_BY not in trial.system_attrs)
+    for reason, count in failures.most_common(3):
+        lines.append(f"failed x{count}: {reason}")
     return "\n".join(lines)

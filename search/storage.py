@@ -1,98 +1,169 @@
-"""Opening the study storage: URL checks, a bounded connection pool, reconnects.
+"""Opening the study storage, and the Optuna storage that survives database outages.
 
-The default is an embedded SQLite file (no server). PostgreSQL URLs get a small pool
-with pre-ping (two connections per worker: the trial loop and its heartbeat thread, so
-32 workers stay well under PostgreSQL's default 100), a short connect timeout so an
-unreachable server fails fast, and ``ReconnectingRDBStorage``, which retries an
-operation whose connection dropped (a server restart) until the server is back.
+``ResilientStorage`` is an ``optuna.storages.BaseStorage`` over Optuna's ``RDBStorage``
+(with Optuna's trial cache) whose every method has a stated retry policy:
+
+* reads, and writes that are upserts (params, intermediate values, attrs): retried on
+  connection loss for up to the reconnect patience; repeating them changes nothing;
+* finishing a trial (``set_trial_state_values``): after a lost reply the trial's state
+  is read back, and the write is repeated only if it did not happen;
+* creating a study: after a lost reply its name is looked up first;
+* creating or deleting trials and studies otherwise: never repeated (this project's own
+  trial creation goes through ``optuna_adapter.Slots``, which is safe to repeat).
+
+Database errors other than connection loss become one ``StorageError`` line.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.exceptions import StorageInternalError
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import OperationalError
 
-from search.errors import UserError
+from search import optuna_adapter
+from search.database import (
+    RECONNECT_PATIENCE_S, UNKNOWN, Database, describe, engine_kwargs, first_line, install_reply_timeout,
+    is_database_error, is_transient, parse_url, single_connection_engine, storage_error,
+)
+from search.errors import DatabaseLost, UserError
 
-DEFAULT_STORAGE = "sqlite:///search.db"
-CONNECT_TIMEOUT_S = 5
-RECONNECT_TIMEOUT_S = 180.0
-POOL_SIZE = 2
-MAX_RETRIES_PER_TRIAL = 3
-
-logger = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
-def parse_url(url: str) -> URL:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(
-            f"malformed storage URL {url!r}; use sqlite:///PATH.db or "
-            f"postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-        ) from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise UserError(
-            f"unsupported storage URL {url!r}; use sqlite:///PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-        )
-    if parsed.get_backend_name() == "sqlite" and not parsed.database:
-        raise UserError(f"storage URL {url!r} has no database file; use sqlite:///PATH.db")
-    if parsed.drivername == "postgresql":
-        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; this project ships psycopg2.
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    if parsed.get_backend_name() == "postgresql":
+class ResilientStorage(BaseStorage):
+    def __init__(self, rdb: RDBStorage, database: Database) -> None:
+        self.rdb = rdb
+        self.database = database
+        self.cache = optuna_adapter.cached(rdb)
+        self.transactions = optuna_adapter.transaction_engine(rdb, database)
+
+    def slots(self, study: optuna.Study) -> optuna_adapter.Slots:
+        return optuna_adapter.Slots(self.transactions, self.database, study)
+
+    def close(self) -> None:
+        if self.transactions is not self.rdb.engine:
+            self.transactions.dispose()
+        self.rdb.engine.dispose()
+
+    # --- policies -------------------------------------------------------------
+    def _retry(self, call: Callable[[], T], resolve: Callable[[], Any] | None = None) -> T:
+        return self.database.retrying(call, resolve)
+
+    def _once(self, call: Callable[[], T]) -> T:
         try:
-            parsed.get_dialect()
-        except Exception as error:  # NoSuchModuleError for a bad driver name
-            raise UserError(f"storage URL {url!r}: {error}; use postgresql+psycopg2://...") from None
-    return parsed
+            return call()
+        except Exception as error:
+            if not is_database_error(error):
+                raise
+            if is_transient(error):
+                raise DatabaseLost(f"lost the connection to {describe(self.database.url)} during a write "
+                                   f"that cannot be repeated safely ({first_line(error)})") from error
+            raise storage_error(self.database.url, error) from error
+
+    # --- studies ----------------------------------------------------------------
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        if study_name is None:
+            return self._once(lambda: self.cache.create_new_study(directions, study_name))
+
+        def resolve() -> int | Any:
+            try:
+                return self.rdb.get_study_id_from_name(study_name)
+            except KeyError:
+                return UNKNOWN
+        return self._retry(lambda: self.cache.create_new_study(directions, study_name), resolve)
+
+    def delete_study(self, study_id: int) -> None:
+        self._once(lambda: self.cache.delete_study(study_id))
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retry(lambda: self.cache.set_study_user_attr(study_id, key, value))
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retry(lambda: self.cache.set_study_system_attr(study_id, key, value))
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._retry(lambda: self.cache.get_study_id_from_name(study_name))
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._retry(lambda: self.cache.get_study_name_from_id(study_id))
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._retry(lambda: self.cache.get_study_directions(study_id))
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retry(lambda: self.cache.get_study_user_attrs(study_id))
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retry(lambda: self.cache.get_study_system_attrs(study_id))
+
+    def get_all_studies(self) -> list[optuna.study.FrozenStudy]:
+        return self._retry(self.cache.get_all_studies)
+
+    # --- trials -----------------------------------------------------------------
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._once(lambda: self.cache.create_new_trial(study_id, template_trial))
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: optuna.distributions.BaseDistribution) -> None:
+        # A repeated insert hits the (trial, param) unique key, which Optuna ignores.
+        self._retry(lambda: self.cache.set_trial_param(trial_id, param_name, param_value_internal, distribution))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        def resolve() -> bool | Any:
+            stored = self.rdb.get_trial(trial_id)
+            if stored.state == state and (values is None or stored.values == list(values)):
+                return True  # the lost reply was a success
+            if stored.state.is_finished():
+                raise UpdateFinishedTrialError(f"trial {stored.number} is already {stored.state.name}")
+            return UNKNOWN
+        return self._retry(lambda: self.cache.set_trial_state_values(trial_id, state, values), resolve)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._retry(lambda: self.cache.set_trial_intermediate_value(trial_id, step, intermediate_value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retry(lambda: self.cache.set_trial_user_attr(trial_id, key, value))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retry(lambda: self.cache.set_trial_system_attr(trial_id, key, value))
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._retry(lambda: self.cache.get_trial_id_from_study_id_trial_number(study_id, trial_number))
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._retry(lambda: self.cache.get_trial(trial_id))
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._retry(lambda: self.cache.get_all_trials(study_id, deepcopy=deepcopy, states=states))
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self._retry(lambda: self.cache.get_best_trial(study_id))
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """One attempt (the heartbeat thread has its own rhythm); failures are reported."""
+        try:
+            self.rdb.record_heartbeat(trial_id)
+        except Exception as error:
+            if is_database_error(error) and is_transient(error):
+                self.database.health.lost()
+            raise
+        self.database.health.ok()
+
+    def remove_session(self) -> None:
+        self.rdb.remove_session()
 
 
-def describe(url: URL) -> str:
-    """The URL without its password, for messages."""
-    if url.get_backend_name() == "sqlite":
-        return f"SQLite file {url.database}"
-    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432} (database {url.database!r})"
-
-
-def postgres_connect_args() -> dict[str, Any]:
-    # application_name shows each worker's connections in pg_stat_activity.
-    return {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": f"hpsearch/{os.getpid()}"}
-
-
-def single_connection_engine(url: URL) -> sqlalchemy.Engine:
-    """An engine without a pool, for short one-off connections (checks, locks)."""
-    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=postgres_connect_args())
-
-
-def engine_kwargs(url: URL) -> dict[str, Any]:
-    if url.get_backend_name() == "sqlite":
-        # Several local workers share the file: wait for its write lock instead of failing.
-        return {"connect_args": {"timeout": 60}}
-    return {
-        "pool_size": POOL_SIZE,
-        "max_overflow": 0,
-        "pool_timeout": 60,
-        "pool_pre_ping": True,
-        "pool_recycle": 600,
-        "connect_args": {**postgres_connect_args(), "keepalives_idle": 30},
-    }
-
-
-def check_reachable(url: URL) -> None:
+def check_reachable(url: sqlalchemy.engine.URL) -> None:
     """Fail in seconds, naming host and port, when the database cannot be reached."""
     if url.get_backend_name() == "sqlite":
         directory = Path(url.database).expanduser().resolve().parent
@@ -104,67 +175,31 @@ def check_reachable(url: URL) -> None:
         with engine.connect():
             pass
     except OperationalError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         raise UserError(
-            f"cannot reach {describe(url)}: {reason}; check that the server runs and the "
+            f"cannot reach {describe(url)}: {first_line(error)}; check that the server runs and the "
             f"--storage URL (or SEARCH_STORAGE) is right"
         ) from None
     finally:
         engine.dispose()
 
 
-def is_connection_loss(error: BaseException) -> bool:
-    cause = error.__cause__ if isinstance(error, StorageInternalError) else error
-    if isinstance(cause, DBAPIError) and cause.connection_invalidated:
-        return True
-    return isinstance(cause, OperationalError)
-
-
-def reconnecting(method: F) -> F:
-    @functools.wraps(method)
-    def wrapper(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + RECONNECT_TIMEOUT_S
-        delay = 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (StorageInternalError, OperationalError, DBAPIError) as error:
-                if not is_connection_loss(error) or time.monotonic() > deadline:
-                    raise
-                logger.warning("database connection lost in %s; retrying in %.1f s", method.__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    return wrapper  # type: ignore[return-value]
-
-
-class ReconnectingRDBStorage(RDBStorage):
-    """``RDBStorage`` whose operations survive a database restart by retrying."""
-
-
-for _name, _method in list(vars(optuna.storages.BaseStorage).items()):
-    if callable(_method) and not _name.startswith("__") and hasattr(RDBStorage, _name):
-        setattr(ReconnectingRDBStorage, _name, reconnecting(getattr(RDBStorage, _name)))
-for _name in ("record_heartbeat", "_get_stale_trial_ids"):
-    setattr(ReconnectingRDBStorage, _name, reconnecting(getattr(RDBStorage, _name)))
-
-
-def open_storage(url_text: str, heartbeat_interval: int | None = None) -> ReconnectingRDBStorage:
+def open_storage(url_text: str, patience: float = RECONNECT_PATIENCE_S,
+                 notify: Callable[[str], None] | None = None) -> ResilientStorage:
     """Check the URL and the server, then open the storage (creating tables race-free)."""
     from search.locking import schema_lock
 
     url = parse_url(url_text)
+    install_reply_timeout()
     check_reachable(url)
-    heartbeat: dict[str, Any] = {}
-    if heartbeat_interval is not None:
-        heartbeat = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": 3 * heartbeat_interval,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRIES_PER_TRIAL, inherit_intermediate_values=True
-            ),
-        }
-    # Workers started at the same instant would race to create the tables.
-    with schema_lock(url):
-        return ReconnectingRDBStorage(url.render_as_string(hide_password=False),
-                                      engine_kwargs=engine_kwargs(url), **heartbeat)
+    database = Database(url, patience) if notify is None else Database(url, patience, notify)
+    try:
+        # Workers started at the same instant would race to create the tables.
+        with schema_lock(url):
+            rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url))
+    except Exception as error:
+        if is_database_error(error):
+            raise storage_error(url, error) from error
+        raise
+    storage = ResilientStorage(rdb, database)
+    optuna_adapter.check_schema(storage.transactions, database)
+    return storage

@@ -1,9 +1,11 @@
-"""One shared study: race-free joining, a study-wide trial budget, claiming trials.
+"""One shared study: race-free joining, a study-wide trial budget, compatibility checks.
 
-The budget is a set of slots: ``--n-trials N`` tops the study up (under a lock) to N
-queued WAITING trials, and workers only ever claim queued trials, never create new ones,
-so N workers finish exactly N trials. A trial failed by heartbeat is re-queued by Optuna's
-retry callback as a continuation of the same slot (it carries ``failed_trial``).
+The budget is a study user attr (``n_trials``): the number of trials that must finish
+(complete, pruned, or failed by an error in training). Workers never pre-create them:
+``Slots.claim`` creates a trial only while the budget has room, and a trial whose worker
+died or stopped is continued by the one retry ``Slots.requeue`` queues in the same
+transaction, so N workers finish exactly N trials. ``--n-trials`` raises the budget of
+an existing study (never lowers it).
 """
 
 from __future__ import annotations
@@ -13,19 +15,13 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
 
+from search import keys, optuna_adapter
+from search.artifacts import new_token
 from search.errors import UserError
 from search.locking import named_lock
-
-OBJECTIVE_ATTR = "objective"
-EPOCHS_ATTR = "epochs"
-WORKER_COUNT_ATTR = "hpsearch:workers"
-RETRY_OF = "failed_trial"  # set by Optuna's RetryHeartbeatStaleTrialCallback
+from search.storage import ResilientStorage
 
 
 @dataclass(frozen=True)
@@ -35,8 +31,8 @@ class StudySpec:
     epochs: int
 
 
-def study_lock(storage: RDBStorage, study_name: str) -> contextlib.AbstractContextManager[None]:
-    return named_lock(make_url(storage.url), f"study-{study_name}", engine=storage.engine)
+def study_lock(storage: ResilientStorage, study_name: str) -> contextlib.AbstractContextManager[None]:
+    return named_lock(storage.database.url, f"study-{study_name}")
 
 
 def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
@@ -50,7 +46,7 @@ def make_pruner() -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)
 
 
-def load_existing(storage: RDBStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+def load_existing(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None,
                   ) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner())
@@ -69,13 +65,13 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
             f"study {spec.name!r} exists with direction {study.directions[0].name.lower()}, but "
             f"validation accuracy is maximised; choose another --study name"
         )
-    recorded = study.user_attrs.get(OBJECTIVE_ATTR)
+    recorded = study.user_attrs.get(keys.OBJECTIVE)
     if recorded != spec.objective:
         raise UserError(
             f"study {spec.name!r} exists with objective {recorded!r}, not {spec.objective!r}; "
             f"pass --objective {recorded} or choose another --study name"
         )
-    epochs = study.user_attrs.get(EPOCHS_ATTR)
+    epochs = study.user_attrs.get(keys.EPOCHS)
     if epochs != spec.epochs:
         raise UserError(
             f"study {spec.name!r} trains {epochs} epochs per trial, not {spec.epochs}; "
@@ -83,64 +79,62 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
         )
 
 
-def check_existing(storage: RDBStorage, spec: StudySpec) -> optuna.Study | None:
+def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
+    if name not in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
+        return None
+    return load_existing(storage, name)
+
+
+def check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> optuna.Study | None:
     """The study named in ``spec`` if it exists and fits it (read-only); None if it does not exist.
 
     Workers call it once early, so a mismatch is reported before any slow set-up.
     """
-    if spec.name not in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
-        return None
-    study = load_existing(storage, spec.name)
-    check_compatible(study, spec)
+    study = find_study(storage, spec.name)
+    if study is not None:
+        check_compatible(study, spec)
     return study
 
 
-def join_study(storage: RDBStorage, spec: StudySpec, n_trials: int | None,
-               base_seed: int) -> tuple[optuna.Study, int]:
-    """Create or load the study, check it fits ``spec``, top up its budget, register a worker.
+def describe_study(study: optuna.Study, spec: StudySpec) -> None:
+    study.set_user_attr(keys.OBJECTIVE, spec.objective)
+    study.set_user_attr(keys.EPOCHS, spec.epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([keys.METRIC_NAME])
 
-    Returns the study (with a sampler seeded by base seed + worker index) and the index.
+
+def join_study(storage: ResilientStorage, spec: StudySpec, n_trials: int | None,
+               base_seed: int) -> tuple[optuna.Study, int, str]:
+    """Create or load the study, check it fits ``spec``, raise its budget, register a worker.
+
+    Returns the study (with a sampler seeded by base seed + worker index), the index, and
+    the study's token for its files in the artifact directory.
     """
-    with study_lock(storage, spec.name):
-        study = check_existing(storage, spec)
-        if study is None:
-            study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
-                                        pruner=make_pruner())
-            study.set_user_attr(OBJECTIVE_ATTR, spec.objective)
-            study.set_user_attr(EPOCHS_ATTR, spec.epochs)
-        if n_trials is not None:
-            top_up_budget(study, n_trials)
-        index = int(storage.get_study_system_attrs(study._study_id).get(WORKER_COUNT_ATTR, 0))
-        storage.set_study_system_attr(study._study_id, WORKER_COUNT_ATTR, index + 1)
+
+    def join_once() -> tuple[int, str]:
+        with study_lock(storage, spec.name):
+            study = find_study(storage, spec.name)
+            if study is None:
+                study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
+                                            pruner=make_pruner())
+                describe_study(study, spec)
+            elif keys.OBJECTIVE not in study.user_attrs and not study.get_trials(deepcopy=False):
+                describe_study(study, spec)  # created by a join that died before describing it
+            check_compatible(study, spec)
+            budget = study.user_attrs.get(keys.BUDGET)
+            if n_trials is not None and (budget is None or n_trials > budget):
+                study.set_user_attr(keys.BUDGET, n_trials)
+            study_id = optuna_adapter.study_id(study)
+            system = storage.get_study_system_attrs(study_id)
+            index = int(system.get(keys.WORKERS, 0))
+            storage.set_study_system_attr(study_id, keys.WORKERS, index + 1)
+            token = system.get(keys.TOKEN) or new_token()
+            storage.set_study_system_attr(study_id, keys.TOKEN, token)
+            return index, token
+
+    # Only the lock's own connection errors reach this retry (storage calls retry inside).
+    index, token = storage.database.retrying(join_once)
     sampler = make_sampler(base_seed + index)
     return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler,
-                             pruner=make_pruner()), index
-
-
-def slots_used(study: optuna.Study) -> int:
-    """Trials that hold a budget slot: every trial except the retries of a failed one."""
-    return sum(RETRY_OF not in trial.system_attrs for trial in study.get_trials(deepcopy=False))
-
-
-def top_up_budget(study: optuna.Study, n_trials: int) -> int:
-    """Queue trials until the study holds ``n_trials`` slots; returns how many were added."""
-    missing = max(0, n_trials - slots_used(study))
-    for _ in range(missing):
-        study.enqueue_trial({}, skip_if_exists=False)
-    return missing
-
-
-def claim_queued_trial(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically move one WAITING trial to RUNNING (as ``Study.ask`` does, minus creating one)."""
-    storage = study._storage
-    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, trial._trial_id)
-        except UpdateFinishedTrialError:
-            continue
-    return None
-
-
-def has_unfinished(study: optuna.Study) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
+                             pruner=make_pruner()), index, token

@@ -1,36 +1,36 @@
-"""The worker loop: claim a queued trial, train it under a heartbeat, record the result.
+"""The worker loop: claim a trial, train it under a heartbeat, record the result.
 
-A worker exits when the study has no queued or running trial left (it keeps polling
-while others run, so it can take over a retry if one of them dies), or when its time
-budget is spent. SIGTERM/SIGINT re-queue the current trial at once; a kill -9 is caught
-by the heartbeat instead, and the retry resumes from the trial's last checkpoint.
+A worker leaves when the study's budget is finished (no trial WAITING or RUNNING: a
+trial failed by heartbeat or stop has its retry queued in the same transaction, so
+there is no moment in between), or when its time budget is spent. While others run,
+it keeps polling, so it can take over the retry of a trial whose worker dies.
+SIGTERM/SIGINT re-queue the current trial at once; a kill -9 is caught by the heartbeat
+instead, and the retry resumes from the trial's last checkpoint.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore
-from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
-from optuna.storages import fail_stale_trials
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from objectives import Dataset, EpochHooks, ObjectiveSettings, load_dataset, make_objective, space
 from objectives.trainer import Trainer
-from search.artifacts import CheckpointStore, keep_best_weights, open_artifact_store, save_weights
-from search.storage import open_storage
-from search.study import StudySpec, check_existing, claim_queued_trial, has_unfinished, join_study
-
-RESUMED_ATTR = "resumed_from_epoch"
+from search import keys, optuna_adapter
+from search.artifacts import ArtifactDirectory, ArtifactStoreError, open_artifact_directory
+from search.database import RECONNECT_PATIENCE_S
+from search.errors import SearchError
+from search.heartbeat import Heartbeat
+from search.signals import StopSignals, WorkerStopped
+from search.storage import ResilientStorage, open_storage
+from search.study import StudySpec, check_existing, join_study
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,11 @@ class WorkerConfig:
     device: str = "auto"
     seed: int = 0
     timeout: float | None = None
-    heartbeat_interval: int = 10
+    heartbeat_interval: float = 10
+    grace_period: float = 90
     keep_best: int = 5
     checkpoint_every: int = 1
-
-
-class WorkerStopped(Exception):
-    """SIGTERM or SIGINT arrived."""
+    db_patience: float = RECONNECT_PATIENCE_S
 
 
 def choose_device(requested: str, worker_index: int) -> torch.device:
@@ -65,63 +63,37 @@ def choose_device(requested: str, worker_index: int) -> torch.device:
     return torch.device(requested)
 
 
-@contextmanager
-def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int, interval: int) -> Iterator[None]:
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except StorageInternalError:
-                pass  # the database is away; the reconnect timeout already waited
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        raise WorkerStopped(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 class ServiceHooks(EpochHooks):
-    """Checkpoints, final weights and progress lines around the objective's epochs."""
+    """Seeds, checkpoints, final weights and progress lines around the objective's epochs."""
 
-    def __init__(self, dataset: Dataset, checkpoints: CheckpointStore, epochs: int, every: int,
+    def __init__(self, dataset: Dataset, directory: ArtifactDirectory, token: str, epochs: int, every: int,
                  say: Callable[[str], None]) -> None:
         self.dataset = dataset
-        self.checkpoints = checkpoints
+        self.directory = directory
+        self.token = token
         self.epochs = epochs
         self.every = every
         self.say = say
         self.epoch_started = time.monotonic()
 
+    def trial_seed(self, trial: optuna.Trial, base_seed: int) -> int:
+        # Kept with the trial, so its retries (which inherit user attrs) train the same way.
+        seed = trial.user_attrs.get(keys.SEED)
+        if seed is None:
+            seed = super().trial_seed(trial, base_seed)
+            trial.set_user_attr(keys.SEED, seed)
+        return int(seed)
+
     def resume(self, trial: optuna.Trial, trainer: Trainer) -> None:
         self.epoch_started = time.monotonic()
-        latest = self.checkpoints.latest(trial)
+        latest = self.directory.latest_checkpoint(trial)
         if latest is None:
             return
-        state, epoch = latest
+        state, pointer = latest
         trainer.load_state_dict(state)
-        trial.set_user_attr(RESUMED_ATTR, epoch)
-        origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-        self.say(f"trial {trial.number}: resumed from the epoch-{epoch} checkpoint of trial {origin}")
+        trial.set_user_attr(keys.RESUMED_FROM, pointer["epoch"])
+        self.say(f"trial {trial.number}: resumed from the epoch-{pointer['epoch']} checkpoint "
+                 f"written by trial {pointer.get('trial', '?')}")
 
     def epoch_end(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float,
                   train_loss: float, last: bool) -> None:
@@ -130,108 +102,143 @@ class ServiceHooks(EpochHooks):
         self.say(f"trial {trial.number} epoch {epoch}/{self.epochs}: val_acc {val_accuracy:.2%} "
                  f"train_loss {train_loss:.4f} ({elapsed:.1f} s)")
         if not last and epoch % self.every == 0:
-            self.checkpoints.save(trial, trainer.state_dict(), epoch)
+            self.directory.save_checkpoint(self.token, trial, trainer.state_dict(), epoch)
         self.epoch_started = time.monotonic()
 
     def finished(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float) -> None:
         hyperparameters = space.model_hyperparameters(trial.params, self.dataset)
-        save_weights(self.checkpoints.store, trial, trainer.model, hyperparameters)
-        self.checkpoints.discard(trial)
+        self.directory.save_weights(self.token, trial, trainer.model, hyperparameters)
 
 
-def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Fail ``trial`` and queue its retry now, as the heartbeat check would later."""
-    storage = study._storage
-    if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-        retry = storage.get_heartbeat_stale_trial_callback()
-        if retry is not None:
-            retry(study, storage.get_trial(trial._trial_id))
+class Worker:
+    def __init__(self, config: WorkerConfig, say: Callable[[str], None]) -> None:
+        self.config = config
+        self.tag = "[worker]"
+        self.say_raw = say
+        self.signals = StopSignals()
+        self.identity = f"{socket.gethostname()}/{os.getpid()}"
 
+    def say(self, line: str) -> None:
+        self.say_raw(f"{self.tag} {line}")
 
-def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> optuna.Study:
-    spec = StudySpec(config.study, config.objective, config.epochs)
-    storage = open_storage(config.storage, heartbeat_interval=config.heartbeat_interval)
-    check_existing(storage, spec)
-    dataset = load_dataset(config.objective, config.data_dir)
-    store = open_artifact_store(config.artifacts)
-    study, index = join_study(storage, spec, config.n_trials, config.seed)
-    device = choose_device(config.device, index)
-    identity = f"{socket.gethostname()}/{os.getpid()}"
-    tag = f"[worker {index}]"
+    def run(self) -> optuna.Study:
+        config = self.config
+        spec = StudySpec(config.study, config.objective, config.epochs)
+        storage = open_storage(config.storage, patience=config.db_patience, notify=self.say)
+        check_existing(storage, spec)
+        dataset = load_dataset(config.objective, config.data_dir)
+        directory = open_artifact_directory(config.artifacts)
+        study, index, token = join_study(storage, spec, config.n_trials, config.seed)
+        device = choose_device(config.device, index)
+        self.tag = f"[worker {index}]"
+        self.storage, self.study, self.directory, self.token = storage, study, directory, token
+        self.slots = storage.slots(study)
+        hooks = ServiceHooks(dataset, directory, token, config.epochs, config.checkpoint_every, self.say)
+        objective = make_objective(dataset, ObjectiveSettings(config.epochs, device, config.seed), hooks)
+        labels = {keys.WORKER: self.identity, keys.DEVICE: str(device)}
+        progress = self.slots.progress()
+        self.say(f"joined study {config.study!r} ({config.objective}, {config.epochs} epochs/trial, "
+                 f"budget {progress.budget}, {progress.finished} finished) as {self.identity} on {device}")
+        directory.sweep(self.slots, token)
+        with self.signals.installed():
+            self.loop(objective, labels)
+        progress = self.slots.progress()
+        if progress.done:
+            directory.sweep(self.slots, token)
+            self.say(f"study {config.study!r} finished: {progress.finished} trials ({progress.complete} complete, "
+                     f"{progress.pruned} pruned, {progress.failed} failed)")
+        return study
 
-    def say_tagged(line: str) -> None:
-        say(f"{tag} {line}")
-
-    hooks = ServiceHooks(dataset, CheckpointStore(store), config.epochs, config.checkpoint_every, say_tagged)
-    objective = make_objective(dataset, ObjectiveSettings(config.epochs, device, config.seed), hooks)
-    say_tagged(f"joined study {config.study!r} ({config.objective}, {config.epochs} epochs/trial) "
-               f"as {identity} on {device}")
-    deadline = time.monotonic() + config.timeout if config.timeout else None
-    announced_wait = False
-    with stop_on_signals():
+    def loop(self, objective: Callable[[optuna.Trial], float], labels: dict[str, str]) -> None:
+        config = self.config
+        deadline = time.monotonic() + config.timeout if config.timeout else None
+        announced_wait = False
         while deadline is None or time.monotonic() < deadline:
-            fail_stale_trials(study)
-            trial = claim_queued_trial(study)
-            if trial is None:
-                if not has_unfinished(study):
-                    break
+            self.signals.check()
+            self.requeue_stale()
+            with self.signals.deferred():
+                claimed = self.slots.claim(self.identity)
+            if claimed is None:
+                if self.slots.progress().done:
+                    return
                 if not announced_wait:
-                    say_tagged("no queued trial; waiting for running ones (to retry any whose worker dies)")
+                    self.say("no trial to claim; waiting for the running ones (to retry any whose worker dies)")
                     announced_wait = True
                 time.sleep(min(config.heartbeat_interval, 5))
                 continue
             announced_wait = False
-            run_trial(study, trial, objective, config, say_tagged, store,
-                      {"worker": identity, "device": str(device)})
-    return study
+            self.run_trial(claimed, objective, labels)
+
+    def requeue_stale(self) -> None:
+        """Fail and re-queue trials whose workers went silent, but only after this process
+        has itself reached the database for a whole grace period (after an outage, the
+        live workers get their heartbeats in first)."""
+        grace = self.config.grace_period
+        if self.storage.database.health.connected_for() < grace:
+            return
+        with self.signals.deferred():
+            requeued = self.slots.requeue_stale(grace)
+        for number in requeued:
+            self.say(f"trial {number}: its worker sent no heartbeat for {grace:.0f} s; queued its retry")
+        if requeued:
+            self.directory.sweep(self.slots, self.token)
+
+    def run_trial(self, claimed: int, objective: Callable[[optuna.Trial], float],
+                  labels: dict[str, str]) -> None:
+        started = time.monotonic()
+        name = f"trial id {claimed}"
+        with Heartbeat(self.storage, claimed, self.config.heartbeat_interval):
+            try:
+                self.signals.check()
+                trial = optuna_adapter.open_trial(self.study, claimed)
+                name = f"trial {trial.number}"
+                for key, value in labels.items():
+                    trial.set_user_attr(key, value)
+                outcome = self.train_and_tell(trial, objective)
+            except UpdateFinishedTrialError:
+                # Our heartbeats stopped reaching the database long enough for another worker
+                # to fail this trial and queue its retry: that retry owns it now.
+                self.say(f"{name} was taken over by a retry after missed heartbeats; dropping it")
+                return
+            except (WorkerStopped, ArtifactStoreError) as stop:
+                with self.signals.deferred():
+                    successor = self.slots.requeue(claimed, "stopped")
+                if successor is not None:
+                    self.say(f"{name} re-queued as trial {successor}: {stop}")
+                raise
+        if outcome is not None:
+            self.directory.keep_best(self.study, self.slots, self.config.keep_best)
+            self.say(f"trial {trial.number} complete: val_acc {outcome:.2%} in {time.monotonic() - started:.0f} s "
+                     f"(best so far {self.study.best_value:.2%}, trial {self.study.best_trial.number})")
+
+    def train_and_tell(self, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> float | None:
+        """Run the objective and record its outcome; returns the value of a completed trial.
+
+        Every ending clears the trial's checkpoint first: nothing is left to resume."""
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned as pruned:
+            trial.set_user_attr(keys.PRUNED_REASON, str(pruned))
+            self.finish(trial, TrialState.PRUNED)
+            self.say(f"trial {trial.number} pruned: {pruned}")
+            return None
+        except (WorkerStopped, UpdateFinishedTrialError, SearchError):
+            raise  # the worker's own trouble (a signal, the database, the artifact store)
+        except Exception as error:  # a bug or resource error fails this trial, not the worker
+            trial.set_user_attr(keys.FAIL_REASON, f"{type(error).__name__}: {error}")
+            self.finish(trial, TrialState.FAIL)
+            self.say(f"trial {trial.number} failed: {type(error).__name__}: {error}")
+            return None
+        self.finish(trial, TrialState.COMPLETE, value)
+        return value
+
+    def finish(self, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
+        with self.signals.deferred():
+            self.directory.discard_checkpoint(trial)
+            recorded = self.study.tell(trial, value, state=state, skip_if_finished=True)
+        if recorded.state != state:
+            raise UpdateFinishedTrialError(f"trial {trial.number} was already {recorded.state.name}")
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-              config: WorkerConfig, say: Callable[[str], None], store: FileSystemArtifactStore,
-              labels: dict[str, str]) -> None:
-    started = time.monotonic()
-    try:
-        # The heartbeat starts first: a RUNNING trial without one is never found stale.
-        with heartbeat(study._storage, trial._trial_id, config.heartbeat_interval):
-            for key, value in labels.items():
-                trial.set_user_attr(key, value)
-            outcome = train_and_tell(study, trial, objective, say)
-    except UpdateFinishedTrialError:
-        # Our heartbeats stalled (e.g. a long database outage) and another worker failed
-        # the trial and queued its retry: that retry owns it now.
-        say(f"trial {trial.number} was taken over by a retry after missed heartbeats; dropping it")
-        return
-    if outcome is not None:
-        keep_best_weights(study, store, config.keep_best)
-        say(f"trial {trial.number} complete: val_acc {outcome:.2%} in {time.monotonic() - started:.0f} s "
-            f"(best so far {study.best_value:.2%}, trial {study.best_trial.number})")
-
-
-def train_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
-                   say: Callable[[str], None]) -> float | None:
-    """Run the objective and record its outcome; returns the value of a completed trial."""
-    try:
-        value = objective(trial)
-    except optuna.TrialPruned as pruned:
-        tell(study, trial, TrialState.PRUNED)
-        say(f"trial {trial.number} pruned: {pruned}")
-        return None
-    except WorkerStopped as stop:
-        requeue(study, trial)
-        say(f"trial {trial.number} re-queued: worker stopped by {stop}")
-        raise
-    except (StorageInternalError, UpdateFinishedTrialError):
-        raise
-    except Exception as error:  # a bug or resource error fails this trial, not the worker
-        trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
-        tell(study, trial, TrialState.FAIL)
-        say(f"trial {trial.number} failed: {type(error).__name__}: {error}")
-        return None
-    tell(study, trial, TrialState.COMPLETE, value)
-    return value
-
-
-def tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
-    recorded = study.tell(trial, value, state=state, skip_if_finished=True)
-    if recorded.state != state:
-        raise UpdateFinishedTrialError(f"trial {trial.number} was already {recorded.state.name}")
+def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> optuna.Study:
+    return Worker(config, say).run()

@@ -14,9 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR, WORKER_COUNT_ATTR
+from search import keys
 from tests.postgres import free_port
-from tests.workers import one_error_line, run_search, search_env, wait_until
+from tests.workers import one_error_line, run_search, search_env, system_attrs, wait_until
 
 
 def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashion_dir):
@@ -27,7 +27,8 @@ def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashi
     assert (tmp_path / "search.db").exists() and (tmp_path / "search-artifacts").is_dir()
     for trial in range(3):
         assert f"trial {trial} epoch 1/2: val_acc" in out
-    assert "study fashion_mnist: objective fashion_mnist, 2 epochs per trial, 3 trials" in out
+    assert "study fashion_mnist: objective fashion_mnist, 2 epochs per trial, budget 3" in out
+    assert "finished 3 (" in out
     assert "best: trial" in out and "search best --study fashion_mnist" in out
     study = optuna.load_study(study_name="fashion_mnist", storage=f"sqlite:///{tmp_path / 'search.db'}")
     assert len(study.trials) == 3
@@ -77,7 +78,7 @@ def database_snapshot(url: str) -> list[tuple]:
     for summary in optuna.get_all_study_summaries(url):
         study = optuna.load_study(study_name=summary.study_name, storage=url)
         trials = [(t.number, t.state, t.params, t.user_attrs) for t in study.get_trials()]
-        system = study._storage.get_study_system_attrs(study._study_id)
+        system = system_attrs(url, summary.study_name)
         snapshot.append((summary.study_name, study.directions, study.user_attrs, system, trials))
     return snapshot
 
@@ -89,10 +90,10 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     done = run_search("worker", "--study", "shared", "--n-trials", "2", "--epochs", "1", *common)
     assert done.returncode == 0, done.stderr
     minimized = optuna.create_study(study_name="loss", storage=url, direction="minimize")
-    minimized.set_user_attr(OBJECTIVE_ATTR, "fashion_mnist")
-    minimized.set_user_attr(EPOCHS_ATTR, 1)
+    minimized.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    minimized.set_user_attr(keys.EPOCHS, 1)
     before = database_snapshot(url)
-    assert dict((s[0], s[3]) for s in before)["shared"][WORKER_COUNT_ATTR] == 1
+    assert dict((s[0], s[3]) for s in before)["shared"][keys.WORKERS] == 1
 
     line = one_error_line(run_search("worker", "--study", "shared", "--objective", "covtype", "--n-trials", "4",
                                      "--epochs", "1", *common))
@@ -128,12 +129,13 @@ def test_dashboard_serves_the_study_over_http(tmp_path, fashion_dir):
         server.wait(timeout=30)
 
 
-def test_time_budget_stops_claiming_and_leaves_the_rest_queued(tmp_path, fashion_dir):
+def test_time_budget_stops_claiming_and_leaves_the_rest_of_the_budget(tmp_path, fashion_dir):
     storage = f"sqlite:///{tmp_path / 'timed.db'}"
     done = run_search("worker", "--storage", storage, "--study", "timed", "--data-dir", str(fashion_dir),
                       "--n-trials", "200", "--epochs", "1", "--timeout", "4", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    trials = optuna.load_study(study_name="timed", storage=storage).get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state.is_finished()]
-    assert len(trials) == 200 and 0 < len(finished) < 200
-    assert all(t.state == optuna.trial.TrialState.WAITING for t in trials if not t.state.is_finished())
+    study = optuna.load_study(study_name="timed", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    # Trials are created as they are claimed: the rest of the budget is still to come.
+    assert study.user_attrs[keys.BUDGET] == 200 and 0 < len(trials) < 200
+    assert all(t.state.is_finished() for t in trials)

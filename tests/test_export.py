@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from objectives import load_dataset
-from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR
+from search import keys
 from tests.workers import REPO, one_error_line, run_search
 
 
@@ -128,8 +128,8 @@ def test_export_errors_are_one_clear_line(finished_study, tmp_path):
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     study = optuna.create_study(study_name="fresh", storage=empty, direction="maximize")
-    study.set_user_attr(OBJECTIVE_ATTR, "fashion_mnist")
-    study.set_user_attr(EPOCHS_ATTR, 2)
+    study.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    study.set_user_attr(keys.EPOCHS, 2)
     line = one_error_line(run_search("best", "--study", "fresh", "--storage", empty))
     assert "no completed trial" in line
 
@@ -137,5 +137,5 @@ def test_export_errors_are_one_clear_line(finished_study, tmp_path):
     other_artifacts.mkdir()
     line = one_error_line(run_search("best", "--study", "export", "--storage", finished_study["storage"],
                                      "--artifacts", str(other_artifacts), "--export", str(tmp_path / "m.pt")))
-    assert "not in the artifact store" in line and "--retrain" in line
+    assert f"are not in {other_artifacts}" in line and "--retrain" in line
     assert not (tmp_path / "m.pt").exists()

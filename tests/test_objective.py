@@ -57,12 +57,17 @@ class Recorder(EpochHooks):
         self.losses: dict[int, list[float]] = {}
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
         self.checkpoints: dict[int, bytes] = {}
+        self.seeds: dict[int, int] = {}
+
+    def trial_seed(self, trial: optuna.Trial, base_seed: int) -> int:
+        self.seeds[trial.number] = super().trial_seed(trial, base_seed)
+        return self.seeds[trial.number]
 
     def epoch_end(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float,
                   train_loss: float, last: bool) -> None:
         self.losses.setdefault(trial.number, []).append(train_loss)
         buffer = io.BytesIO()
-        torch.save(trainer.state_dict(), buffer)  # as search.artifacts.CheckpointStore does
+        torch.save(trainer.state_dict(), buffer)  # as search.artifacts.write_atomically does
         self.checkpoints[trial.number] = buffer.getvalue()
 
     def finished(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float) -> None:
@@ -75,7 +80,8 @@ def test_objective_end_to_end(name: str, fashion: Dataset, cover: Dataset) -> No
     epochs = 2
     study = new_study()
     study.enqueue_trial(GOOD)
-    study.optimize(make_objective(dataset, ObjectiveSettings(epochs=epochs, device=CPU)), n_trials=3)
+    recorder = Recorder()
+    study.optimize(make_objective(dataset, ObjectiveSettings(epochs=epochs, device=CPU), recorder), n_trials=3)
 
     trials = study.get_trials()
     assert len(trials) == 3
@@ -85,7 +91,7 @@ def test_objective_end_to_end(name: str, fashion: Dataset, cover: Dataset) -> No
         assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
         assert trial.intermediate_values[epochs] == trial.value
         assert all(0.0 <= v <= 1.0 for v in trial.intermediate_values.values())
-        assert trial.user_attrs["seed"] == trial.number  # base seed 0
+        assert recorder.seeds[trial.number] == trial.number  # base seed 0
     good = trials[0]
     assert good.params == GOOD
     chance = 1 / dataset.n_classes
@@ -135,7 +141,7 @@ def test_same_seed_same_result(name: str, fashion: Dataset, cover: Dataset) -> N
         assert torch.equal(rec1.weights[0][key], rec2.weights[0][key]), key
 
     other, rec3 = run_one(dataset, params, seed=8)
-    assert other.user_attrs["seed"] != first.user_attrs["seed"]
+    assert rec3.seeds[0] != rec1.seeds[0]
     assert rec3.losses[0] != rec1.losses[0]
     assert not torch.equal(rec3.weights[0]["1.weight"], rec1.weights[0]["1.weight"])
 
@@ -196,16 +202,16 @@ def test_trainer_clean_data_does_not_diverge() -> None:
     assert 0.0 < loss < 10.0 and trainer.epochs_done == 1
 
 
-def test_diverging_trial_is_pruned() -> None:
+def test_diverging_trial_is_pruned_with_the_reason() -> None:
     study = new_study()
     study.enqueue_trial(GOOD)
-    study.optimize(make_objective(poisoned_dataset(float("inf")), ObjectiveSettings(epochs=3, device=CPU)),
-                   n_trials=1)
-    trial = study.trials[0]
-    assert trial.state == TrialState.PRUNED
-    assert "loss" in trial.user_attrs["pruned_reason"]
-    assert "epoch 1" in trial.user_attrs["pruned_reason"]
-    assert trial.intermediate_values == {}
+    objective = make_objective(poisoned_dataset(float("inf")), ObjectiveSettings(epochs=3, device=CPU))
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="loss.*epoch 1"):
+        objective(trial)
+    study.tell(trial, state=TrialState.PRUNED)
+    assert study.trials[0].state == TrialState.PRUNED
+    assert study.trials[0].intermediate_values == {}
 
 
 def test_learning_rate_decays_on_a_cosine_over_the_trial() -> None:

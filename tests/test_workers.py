@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.study import EPOCHS_ATTR, OBJECTIVE_ATTR, WORKER_COUNT_ATTR
+from search import keys, optuna_adapter
 from tests.datafiles import write_fashion_mnist
-from tests.workers import logs, start_worker, states, wait_all, wait_until, worker_args
+from tests.workers import logs, start_worker, states, system_attrs, wait_all, wait_until, worker_args
 
 # Slow enough per epoch (about a second on one core) to act in the middle of a trial.
 SLOW_PARAMS = {"n_layers": 2, "n_units_l0": 1024, "n_units_l1": 1024, "activation": "relu",
@@ -39,7 +39,7 @@ def test_four_workers_started_at_once_finish_exactly_the_budget(postgres, fashio
     assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 10, counts
     assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == counts[TrialState.FAIL] == 0
     study = optuna.load_study(study_name="race", storage=url)
-    assert study._storage.get_study_system_attrs(study._study_id)[WORKER_COUNT_ATTR] == 4
+    assert system_attrs(url, "race")[keys.WORKERS] == 4
     # Distinct sampler seeds: no two trials drew identical hyperparameters.
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(params)) == len(params)
@@ -47,8 +47,8 @@ def test_four_workers_started_at_once_finish_exactly_the_budget(postgres, fashio
 
 def create_slow_study(url: str, name: str, n_trials: int, epochs: int) -> None:
     study = optuna.create_study(study_name=name, storage=url, direction="maximize")
-    study.set_user_attr(OBJECTIVE_ATTR, "fashion_mnist")
-    study.set_user_attr(EPOCHS_ATTR, epochs)
+    study.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    study.set_user_attr(keys.EPOCHS, epochs)
     for _ in range(n_trials):
         study.enqueue_trial(SLOW_PARAMS)
 

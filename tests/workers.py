@@ -42,10 +42,12 @@ def start_worker(log: Path, *args: str) -> subprocess.Popen[bytes]:
 
 
 def worker_args(storage: str, study: str, data_dir: Path, artifacts: Path, n_trials: int, epochs: int,
-                heartbeat: int = 2, extra: Sequence[str] = ()) -> list[str]:
+                heartbeat: float = 2, grace: float | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """Tests use short heartbeats; the grace period defaults to three of them."""
     return ["--storage", storage, "--study", study, "--objective", "fashion_mnist",
             "--data-dir", str(data_dir), "--artifacts", str(artifacts), "--n-trials", str(n_trials),
-            "--epochs", str(epochs), "--heartbeat-interval", str(heartbeat), "--device", "cpu", *extra]
+            "--epochs", str(epochs), "--heartbeat-interval", str(heartbeat),
+            "--grace-period", str(grace if grace is not None else 3 * heartbeat), "--device", "cpu", *extra]
 
 
 def wait_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> list[int]:
@@ -74,6 +76,14 @@ def wait_until(condition: Callable[[], object], timeout: float, interval: float 
 def states(storage: str, study: str) -> dict[TrialState, int]:
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     return {state: sum(t.state == state for t in trials) for state in TrialState}
+
+
+def system_attrs(storage: str, study: str) -> dict[str, object]:
+    rdb = optuna.storages.RDBStorage(storage)
+    try:
+        return rdb.get_study_system_attrs(rdb.get_study_id_from_name(study))
+    finally:
+        rdb.engine.dispose()
 
 
 def logs(paths: Sequence[Path]) -> str:
