@@ -39,7 +39,6 @@ from search.errors import UserError
 
 DEFAULT_ARTIFACTS = "search-artifacts"
 CHECKPOINT_DIR = "checkpoints"
-WEIGHTS_SUFFIX = "-weights.pt"
 TOKEN_LENGTH = 12
 _WRITER = re.compile(r"^\.?(?P<token>[0-9a-f]{12})-(?P<trial>[0-9a-f]+)-")
 
@@ -122,7 +121,7 @@ class ArtifactDirectory:
                                                    "model_hyperparameters": model_hyperparameters})
         try:
             optuna_adapter.register_artifact(trial.storage, owner, artifact_id,
-                                             f"trial-{trial.number}{WEIGHTS_SUFFIX}")
+                                             f"trial-{trial.number}{keys.WEIGHTS_SUFFIX}")
         except UpdateFinishedTrialError:
             (self.root / artifact_id).unlink(missing_ok=True)
             raise
@@ -167,7 +166,7 @@ class ArtifactDirectory:
 
 def weights_ids(trial: FrozenTrial) -> list[str]:
     return [key.removeprefix(keys.ARTIFACTS_PREFIX) for key, value in trial.system_attrs.items()
-            if key.startswith(keys.ARTIFACTS_PREFIX) and WEIGHTS_SUFFIX in str(value)]
+            if key.startswith(keys.ARTIFACTS_PREFIX) and keys.WEIGHTS_SUFFIX in str(value)]
 
 
 def open_artifact_directory(path: str | os.PathLike[str]) -> ArtifactDirectory:

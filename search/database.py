@@ -106,16 +106,23 @@ class ReplyTimeout(psycopg2.OperationalError):
     """The server did not answer within REPLY_TIMEOUT_S (e.g. a network partition)."""
 
 
+_CONNECTED = (psycopg2.extensions.STATUS_READY, psycopg2.extensions.STATUS_BEGIN,
+              psycopg2.extensions.STATUS_PREPARED)
+
+
 def _wait_with_timeout(connection: Any) -> None:
-    """psycopg2 wait callback: like psycopg2.extras.wait_select, with a deadline."""
-    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    """psycopg2 wait callback: like psycopg2.extras.wait_select, with a deadline (libpq's own
+    connect_timeout does not apply once a wait callback drives the connection)."""
+    limit = REPLY_TIMEOUT_S if connection.status in _CONNECTED else CONNECT_TIMEOUT_S
+    deadline = time.monotonic() + limit
     while True:
         state = connection.poll()
         if state == psycopg2.extensions.POLL_OK:
             return
         left = deadline - time.monotonic()
         if left <= 0:
-            raise ReplyTimeout(f"no reply from the database server within {REPLY_TIMEOUT_S:.0f} s")
+            what = "reply from" if limit == REPLY_TIMEOUT_S else "connection to"
+            raise ReplyTimeout(f"no {what} the database server within {limit:.0f} s")
         if state == psycopg2.extensions.POLL_READ:
             select.select([connection.fileno()], [], [], left)
         else:
@@ -253,6 +260,11 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.url.get_backend_name() == "sqlite"
 
+    def _recovered(self, deadline: float | None) -> None:
+        self.health.ok()
+        if deadline is not None:
+            self.notify(f"reconnected to {describe(self.url)}")
+
     def retrying(self, call: Callable[[], T], resolve: Callable[[], Any] | None = None) -> T:
         """``call()``, retried while the failure is transient; other database errors become
         a ``StorageError``. After a transient failure ``resolve()`` (if given) reads back
@@ -265,10 +277,10 @@ class Database:
                 if in_doubt and resolve is not None:
                     outcome = resolve()
                     if outcome is not UNKNOWN:
-                        self.health.ok()
+                        self._recovered(deadline)
                         return outcome
                 result = call()
-                self.health.ok()
+                self._recovered(deadline)
                 return result
             except Exception as error:
                 if not is_database_error(error):

@@ -38,3 +38,4 @@ FAILED_TRIAL = "failed_trial"  # Optuna's convention: the first trial of a retry
 RETRY_HISTORY = "retry_history"  # Optuna's convention: every trial number of the chain so far
 FIXED_PARAMS = "fixed_params"  # Optuna's: parameters given to enqueue_trial
 ARTIFACTS_PREFIX = "artifacts:"  # Optuna's artifact listing, read by optuna-dashboard
+WEIGHTS_SUFFIX = "-weights.pt"  # the file name a trial's final weights are listed under

@@ -258,6 +258,10 @@ class Slots:
                 crashes = int(attrs.get(keys.CRASHES, 0)) + (cause == "stale")
                 connection.execute(trials.update().where(trials.c.trial_id == failed_id).values(
                     state=TrialState.FAIL, datetime_complete=_utcnow()))
+                # Weights listed just before the worker died: unlisted here, their file is swept.
+                connection.execute(system_attrs.delete().where(
+                    system_attrs.c.trial_id == failed_id, system_attrs.c.key.startswith(keys.ARTIFACTS_PREFIX),
+                    system_attrs.c.value_json.contains(keys.WEIGHTS_SUFFIX)))
                 self._lock_study(connection)
                 successor = self._new_trial(connection, TrialState.WAITING)
                 pointer = (user_attrs.c.trial_id == failed_id) & (user_attrs.c.key == keys.CHECKPOINT)

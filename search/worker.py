@@ -29,8 +29,13 @@ from search.database import RECONNECT_PATIENCE_S
 from search.errors import SearchError
 from search.heartbeat import Heartbeat
 from search.signals import StopSignals, WorkerStopped
-from search.storage import ResilientStorage, open_storage
+from search.storage import open_storage
 from search.study import StudySpec, check_existing, join_study
+
+
+# Fault-injection hook for the tests: sleep this long between claiming a trial and
+# starting its heartbeat thread, the window a killed worker once left orphans in.
+FAULT_PAUSE_AFTER_CLAIM = "HPSEARCH_FAULT_PAUSE_AFTER_CLAIM"
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,8 @@ class Worker:
             self.requeue_stale()
             with self.signals.deferred():
                 claimed = self.slots.claim(self.identity)
+            if claimed is not None and FAULT_PAUSE_AFTER_CLAIM in os.environ:
+                time.sleep(float(os.environ[FAULT_PAUSE_AFTER_CLAIM]))  # tests kill -9 the worker here
             if claimed is None:
                 if self.slots.progress().done:
                     return

@@ -32,3 +32,9 @@ def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def covtype_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_covtype_uci(tmp_path_factory.mktemp("covtype"))
+
+
+@pytest.fixture(scope="session")
+def medium_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Large enough that an epoch of ``tests.workers.SLOW_PARAMS`` takes about a second."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion-medium"), n_train=9600, n_test=300)

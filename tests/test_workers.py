@@ -5,25 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
-from search import keys, optuna_adapter
-from tests.datafiles import write_fashion_mnist
-from tests.workers import logs, start_worker, states, system_attrs, wait_all, wait_until, worker_args
-
-# Slow enough per epoch (about a second on one core) to act in the middle of a trial.
-SLOW_PARAMS = {"n_layers": 2, "n_units_l0": 1024, "n_units_l1": 1024, "activation": "relu",
-               "dropout": 0.0, "batch_norm": False, "optimizer": "adam", "learning_rate": 1e-3,
-               "weight_decay": 1e-5, "batch_size": 64}
-
-
-@pytest.fixture(scope="module")
-def medium_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fashion_mnist(tmp_path_factory.mktemp("fashion-medium"), n_train=9600, n_test=300)
+from search import keys
+from tests.workers import (create_slow_study, logs, start_worker, states, system_attrs, wait_all, wait_until,
+                           worker_args)
 
 
 def test_four_workers_started_at_once_finish_exactly_the_budget(postgres, fashion_dir, tmp_path):
@@ -43,14 +31,6 @@ def test_four_workers_started_at_once_finish_exactly_the_budget(postgres, fashio
     # Distinct sampler seeds: no two trials drew identical hyperparameters.
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(params)) == len(params)
-
-
-def create_slow_study(url: str, name: str, n_trials: int, epochs: int) -> None:
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
-    study.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
-    study.set_user_attr(keys.EPOCHS, epochs)
-    for _ in range(n_trials):
-        study.enqueue_trial(SLOW_PARAMS)
 
 
 def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(postgres, medium_fashion_dir, tmp_path):

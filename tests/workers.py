@@ -13,6 +13,11 @@ import optuna
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
+# Slow enough per epoch (about a second on one core, on the medium data set) to act in
+# the middle of a trial.
+SLOW_PARAMS = {"n_layers": 2, "n_units_l0": 1024, "n_units_l1": 1024, "activation": "relu",
+               "dropout": 0.0, "batch_norm": False, "optimizer": "adam", "learning_rate": 1e-3,
+               "weight_decay": 1e-5, "batch_size": 64}
 
 
 def search_env() -> dict[str, str]:
@@ -35,10 +40,21 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def start_worker(log: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_worker(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     handle = open(log, "wb")
     return subprocess.Popen([sys.executable, "-m", "search.cli", "worker", *args],
-                            stdout=handle, stderr=subprocess.STDOUT, env=search_env())
+                            stdout=handle, stderr=subprocess.STDOUT, env={**search_env(), **(env or {})})
+
+
+def create_slow_study(url: str, name: str, n_trials: int, epochs: int) -> None:
+    """A study as ``join_study`` makes it, with ``n_trials`` slow trials queued."""
+    from search import keys
+
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    study.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    study.set_user_attr(keys.EPOCHS, epochs)
+    for _ in range(n_trials):
+        study.enqueue_trial(SLOW_PARAMS)
 
 
 def worker_args(storage: str, study: str, data_dir: Path, artifacts: Path, n_trials: int, epochs: int,
