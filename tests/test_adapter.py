@@ -1,0 +1,164 @@
+"""The Optuna adapter's slot transitions and the storage's retry policy, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from search import keys, optuna_adapter
+from search.errors import StorageError
+from search.storage import ResilientStorage, open_storage
+from search.study import StudySpec, join_study
+from tests.proxy import FaultProxy
+
+SPEC = StudySpec("slots", "fashion_mnist", 3)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path, postgres) -> Iterator[ResilientStorage]:
+    url = f"sqlite:///{tmp_path / 's.db'}" if request.param == "sqlite" else postgres.new_database()
+    opened = open_storage(url, patience=20)
+    yield opened
+    opened.close()
+
+
+def joined(storage: ResilientStorage, budget: int) -> tuple[optuna.Study, optuna_adapter.Slots]:
+    study, _, _ = join_study(storage, SPEC, budget, 0)
+    return study, storage.slots(study)
+
+
+def fetch(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False)
+
+
+def test_claim_makes_a_running_trial_with_its_heartbeat_and_owner(storage):
+    study, slots = joined(storage, 2)
+    first = slots.claim("host/1")
+    trial = storage.rdb.get_trial(first)
+    assert trial.state == TrialState.RUNNING and trial.datetime_start is not None
+    assert trial.system_attrs[keys.OWNER].startswith("host/1#")
+    with storage.transactions.connect() as connection:
+        beats = connection.execute(sqlalchemy.text(f"SELECT count(*) FROM trial_heartbeats WHERE trial_id = {first}"))
+        assert beats.scalar() == 1
+    assert slots.claim("host/2") is not None
+    assert slots.claim("host/3") is None  # the budget is 2
+    assert slots.progress() == optuna_adapter.Progress(budget=2, complete=0, pruned=0, failed=0, running=2, waiting=0)
+
+
+def test_concurrent_claims_create_exactly_the_budget(storage):
+    study, slots = joined(storage, 25)
+    claimed: list[int] = []
+
+    def claimer(name: str) -> None:
+        while (trial_id := slots.claim(name)) is not None:
+            claimed.append(trial_id)
+
+    threads = [threading.Thread(target=claimer, args=(f"t{k}",)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == len(set(claimed)) == 25
+    trials = fetch(study)
+    assert sorted(t.number for t in trials) == list(range(25))
+
+
+def test_requeue_moves_the_slot_to_one_retry_and_is_safe_to_repeat(storage):
+    study, slots = joined(storage, 1)
+    trial = optuna_adapter.open_trial(study, slots.claim("w"))
+    trial.suggest_float("x", 0, 1)
+    trial.report(0.5, 1)
+    trial.set_user_attr(keys.SEED, 7)
+    trial.set_user_attr(keys.CHECKPOINT, {"file": "c.pt", "epoch": 1, "trial": trial.number})
+    successor = slots.requeue(optuna_adapter.trial_id(trial), "stale")
+    assert slots.requeue(optuna_adapter.trial_id(trial), "stale") is None
+    failed, retry = fetch(study)
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.number == successor
+    assert failed.system_attrs[keys.CONTINUED_BY] == successor and failed.system_attrs[keys.FAIL_CAUSE] == "stale"
+    assert keys.CHECKPOINT not in failed.user_attrs  # the pointer moved, it was not copied
+    assert retry.user_attrs == {keys.SEED: 7, keys.CHECKPOINT: {"file": "c.pt", "epoch": 1, "trial": 0}}
+    assert retry.params == failed.params and retry.intermediate_values == {1: 0.5}
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+    assert retry.system_attrs[keys.RETRY_HISTORY] == [0] and retry.system_attrs[keys.CRASHES] == 1
+    progress = slots.progress()
+    assert (progress.waiting, progress.finished, progress.done) == (1, 0, False)
+    assert slots.claim("w2") == optuna_adapter.trial_id(retry)
+
+
+def test_a_slot_that_crashes_too_often_starts_over_as_a_fresh_trial(storage):
+    study, slots = joined(storage, 1)
+    for _ in range(optuna_adapter.MAX_CRASHES):
+        trial = optuna_adapter.open_trial(study, slots.claim("w"))
+        trial.suggest_float("x", 0, 1)
+        slots.requeue(optuna_adapter.trial_id(trial), "stopped")  # a stop is no crash
+        slots.requeue(optuna_adapter.trial_id(trial), "stale")  # no-op: already failed
+    trials = fetch(study)
+    assert trials[-1].system_attrs[keys.CRASHES] == 0 and trials[-1].params == trials[0].params
+    for _ in range(optuna_adapter.MAX_CRASHES + 1):
+        slots.requeue(slots.claim("w"), "stale")
+    *_, last_retry, fresh = fetch(study)
+    assert last_retry.system_attrs[keys.CRASHES] == optuna_adapter.MAX_CRASHES
+    assert fresh.state == TrialState.WAITING and fresh.params == {} and fresh.user_attrs == {}
+    assert fresh.system_attrs == {keys.REPLACES: last_retry.number}
+    assert slots.progress().budget == 1 and slots.progress().waiting == 1
+
+
+def test_requeue_stale_spares_a_trial_with_a_fresh_heartbeat(storage):
+    study, slots = joined(storage, 2)
+    alive, dead = slots.claim("alive"), slots.claim("dead")
+    time.sleep(2.2)
+    storage.record_heartbeat(alive)
+    assert slots.requeue_stale(grace_s=1.0) == [storage.rdb.get_trial(dead).number]
+    assert storage.rdb.get_trial(alive).state == TrialState.RUNNING
+
+
+def test_unregistered_weights_leave_the_artifact_list(storage):
+    study, slots = joined(storage, 1)
+    trial_id = slots.claim("w")
+    optuna_adapter.register_artifact(storage, trial_id, "abc-1", "trial-0-weights.pt")
+    frozen = storage.rdb.get_trial(trial_id)
+    assert [meta.artifact_id for meta in optuna.artifacts.get_all_artifact_meta(frozen, storage=storage.rdb)] == ["abc-1"]
+    storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+    slots.unregister_artifact(trial_id, "abc-1")
+    assert optuna.artifacts.get_all_artifact_meta(storage.rdb.get_trial(trial_id), storage=storage.rdb) == []
+
+
+def test_lost_reply_to_finishing_a_trial_is_read_back(postgres):
+    url = postgres.new_database()
+    proxy = FaultProxy(postgres.port)
+    storage = open_storage(url.replace(f":{postgres.port}/", f":{proxy.port}/"), patience=20)
+    try:
+        study, slots = joined(storage, 1)
+        trial_id = slots.claim("w")
+        proxy.cut_after_commit("INSERT INTO trial_values")
+        assert storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.25]) is True
+        assert proxy.cuts == 1
+        assert storage.rdb.get_trial(trial_id).value == 0.25
+    finally:
+        storage.close()
+        proxy.close()
+
+
+def test_a_database_error_that_is_no_connection_loss_is_one_line_at_once(postgres):
+    url = postgres.new_database()
+    storage = open_storage(url, patience=60)
+    try:
+        study, slots = joined(storage, 1)
+        trial_id = slots.claim("w")
+        with storage.transactions.begin() as connection:
+            connection.execute(sqlalchemy.text("ALTER TABLE trial_user_attributes RENAME COLUMN value_json TO v"))
+        started = time.monotonic()
+        with pytest.raises(StorageError) as raised:
+            storage.set_trial_user_attr(trial_id, "k", 1)
+        assert time.monotonic() - started < 10
+        message = str(raised.value)
+        assert message.startswith("PostgreSQL at 127.0.0.1:") and "value_json" in message
+        assert "use a separate database" in message and "\n" not in message
+    finally:
+        storage.close()
