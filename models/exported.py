@@ -2,7 +2,9 @@
 
 The file is a plain dict ``{"model_state_dict", "model_hyperparameters", "metadata"}``
 of tensors, numbers, strings, lists and dicts; anything else (a pickled callable, a
-custom class) is refused by PyTorch's restricted unpickler before it can run.
+custom class) is refused by PyTorch's restricted unpickler before it can run. What
+loads is then checked entry by entry, so a damaged or hand-edited file is one
+``ExportedModelError`` naming the file and the entry, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from typing import Any
 
 import torch
@@ -17,10 +20,15 @@ import torch
 from models.mlp import MLPClassifier, build_mlp
 
 REQUIRED_ENTRIES = ("model_state_dict", "model_hyperparameters", "metadata")
+METADATA_TYPES = {"objective": str, "study": str, "trial_number": int, "class_names": list,
+                  "validation_accuracy": (int, float), "test_accuracy": (int, float), "params": dict,
+                  "epochs": int, "preprocessing": dict, "library_versions": dict}
 
 
 class ExportedModelError(ValueError):
     """The file is missing, unsafe, or not an exported model."""
+
+    exit_code = 2  # a command line shows it as one line
 
 
 def refused_global(message: str) -> str:
@@ -30,28 +38,64 @@ def refused_global(message: str) -> str:
 
 
 def read_exported(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load the exported dict with the restricted unpickler, on the CPU."""
+    """Load the exported dict with the restricted unpickler, on the CPU, and check its shape."""
+    if not os.path.isfile(path):
+        raise ExportedModelError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
+    if not zipfile.is_zipfile(path):
+        raise ExportedModelError(f"{path}: not a PyTorch file (torch.save writes a zip archive; this is "
+                                 f"{os.path.getsize(path):,} bytes of something else)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ExportedModelError(f"{path}: no such file") from None
     except pickle.UnpicklingError as error:
         raise ExportedModelError(
             f"{path}: refused to load: it holds objects other than plain data (tensors, numbers, "
             f"strings, lists, dicts){refused_global(str(error))}, so it is no safe export; nothing in it was run"
         ) from None
-    except Exception as error:  # torch raises many types for a file that is not its format
-        raise ExportedModelError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {error})") from None
+    except Exception as error:  # torch raises many types for a damaged archive
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ExportedModelError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {first})") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_ENTRIES):
         raise ExportedModelError(
             f"{path}: not an exported model (expected the entries {', '.join(REQUIRED_ENTRIES)})"
         )
+    check_entries(path, payload)
     return payload
+
+
+def check_entries(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    state, hyperparameters, metadata = (payload[key] for key in REQUIRED_ENTRIES)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ExportedModelError(f"{path}: model_state_dict must map parameter names to tensors")
+    if not isinstance(hyperparameters, dict):
+        raise ExportedModelError(f"{path}: model_hyperparameters must be a dict")
+    if not isinstance(metadata, dict):
+        raise ExportedModelError(f"{path}: metadata must be a dict, not {type(metadata).__name__}")
+    for key, kind in METADATA_TYPES.items():
+        if key in metadata and metadata[key] is not None and not isinstance(metadata[key], kind):
+            raise ExportedModelError(f"{path}: metadata entry {key!r} is a {type(metadata[key]).__name__}, "
+                                     f"not a {getattr(kind, '__name__', 'number')}; the file was edited or damaged")
+    if not all(isinstance(name, str) for name in metadata.get("class_names") or []):
+        raise ExportedModelError(f"{path}: metadata entry 'class_names' must list strings")
 
 
 def load_exported(path: str | os.PathLike[str]) -> MLPClassifier:
     """Rebuild the exported model with its weights, in eval mode, on the CPU."""
     payload = read_exported(path)
-    model = build_mlp(payload["model_hyperparameters"])
-    model.load_state_dict(payload["model_state_dict"])
+    try:
+        model = build_mlp(payload["model_hyperparameters"])
+    except (ValueError, TypeError) as error:
+        raise ExportedModelError(f"{path}: model_hyperparameters: {error}") from None
+    expected, state = model.state_dict(), payload["model_state_dict"]
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    reshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
+                for key in expected.keys() & state.keys() if state[key].shape != expected[key].shape]
+    if missing or unexpected or reshaped:
+        problems = "; ".join(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                             for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                  ("wrong shape", reshaped)) if items)
+        raise ExportedModelError(f"{path}: model_state_dict does not fit model_hyperparameters ({problems}); "
+                                 f"the file was edited or mixes two models")
+    model.load_state_dict(state)
     return model.eval()

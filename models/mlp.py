@@ -8,6 +8,7 @@ the model (as buffers), so an exported model takes raw features and needs no oth
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,18 +67,47 @@ class MLPClassifier(nn.Sequential):
         super().__init__(*layers)
 
 
+def _count(value: Any, name: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}")
+    return value
+
+
+def _statistics(value: Any, name: str, n_inputs: int, positive: bool) -> list[float]:
+    if not isinstance(value, (list, tuple)) or len(value) not in (1, n_inputs) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise ValueError(f"{name} must be a list of 1 or {n_inputs} finite numbers")
+    if positive and min(value) <= 0:
+        raise ValueError(f"{name} must be positive")
+    return [float(v) for v in value]
+
+
 def build_mlp(hyperparameters: Mapping[str, Any]) -> MLPClassifier:
-    """Build the classifier described by ``hyperparameters`` (training-only keys are ignored)."""
+    """Build the classifier described by ``hyperparameters`` (training-only keys are ignored).
+
+    Every entry is checked, so a damaged dict is a ValueError naming the entry."""
+    if not isinstance(hyperparameters, Mapping):
+        raise ValueError(f"model hyperparameters must be a dict, not {type(hyperparameters).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in hyperparameters]
     if missing:
         raise ValueError(f"model hyperparameters lack {', '.join(missing)}")
+    n_inputs = _count(hyperparameters["n_inputs"], "n_inputs", 1)
+    hidden = hyperparameters["hidden_sizes"]
+    if not isinstance(hidden, (list, tuple)):
+        raise ValueError(f"hidden_sizes must be a list of layer widths, not {hidden!r}")
+    dropout = hyperparameters.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), not {dropout!r}")
+    batch_norm = hyperparameters.get("batch_norm", False)
+    if not isinstance(batch_norm, bool):
+        raise ValueError(f"batch_norm must be true or false, not {batch_norm!r}")
     return MLPClassifier(
-        n_inputs=int(hyperparameters["n_inputs"]),
-        hidden_sizes=[int(size) for size in hyperparameters["hidden_sizes"]],
-        n_classes=int(hyperparameters["n_classes"]),
+        n_inputs=n_inputs,
+        hidden_sizes=[_count(size, "hidden_sizes entries", 1) for size in hidden],
+        n_classes=_count(hyperparameters["n_classes"], "n_classes", 2),
         activation=str(hyperparameters.get("activation", "relu")),
-        dropout=float(hyperparameters.get("dropout", 0.0)),
-        batch_norm=bool(hyperparameters.get("batch_norm", False)),
-        input_mean=hyperparameters.get("input_mean", (0.0,)),
-        input_std=hyperparameters.get("input_std", (1.0,)),
+        dropout=float(dropout),
+        batch_norm=batch_norm,
+        input_mean=_statistics(hyperparameters.get("input_mean", [0.0]), "input_mean", n_inputs, False),
+        input_std=_statistics(hyperparameters.get("input_std", [1.0]), "input_std", n_inputs, True),
     )

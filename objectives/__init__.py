@@ -34,6 +34,8 @@ DATASET_INFO = {
 
 
 class UnknownObjective(ValueError):
+    exit_code = 2  # a command line shows it as one line
+
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
 

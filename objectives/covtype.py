@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from objectives.datasets import DataError, Dataset, Split, stratified_split
+from objectives.datasets import DataError, Dataset, Split, check_trainable, stratified_split
+from objectives.safe_joblib import UnsafePickle, load_array
 
 CLASS_NAMES = (
     "Spruce/Fir", "Lodgepole Pine", "Ponderosa Pine", "Cottonwood/Willow",
@@ -52,12 +53,14 @@ def read_uci(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_sklearn_cache(data_home: Path) -> tuple[np.ndarray, np.ndarray]:
-    import joblib
-
     try:
-        samples = joblib.load(data_home / SKLEARN_SAMPLES)
-        targets = joblib.load(data_home / SKLEARN_TARGETS)
-    except Exception as error:  # joblib raises many types for a damaged cache
+        samples = load_array(data_home / SKLEARN_SAMPLES)
+        targets = load_array(data_home / SKLEARN_TARGETS)
+    except UnsafePickle as refusal:
+        raise DataError(f"{refusal}: refused to load: it holds {refusal.what}, not just a numeric array "
+                        f"(a joblib cache is a pickle, which can run code); nothing in it was run. "
+                        f"Delete it and run fetch_covtype again, or use the UCI {UCI_FILE}") from None
+    except Exception as error:  # a damaged cache: joblib and pickle raise many types
         raise DataError(
             f"{data_home / SKLEARN_SAMPLES.parent}: unreadable scikit-learn covtype cache ({error}); "
             f"delete it and run fetch_covtype again"
@@ -107,6 +110,8 @@ def load(data_dir: str | os.PathLike[str] | None) -> Dataset:
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
         raise DataError(f"CoverType labels in {directory} are not all in 1..{len(CLASS_NAMES)}")
     features = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if not torch.isfinite(features).all():
+        raise DataError(f"{directory}: the CoverType samples hold NaN or infinite values; download them again")
 
     train_idx, val_idx, test_idx = stratified_split(labels, SPLIT_FRACTIONS, SPLIT_SEED)
     continuous = features[train_idx, :N_CONTINUOUS].double()
@@ -115,7 +120,7 @@ def load(data_dir: str | os.PathLike[str] | None) -> Dataset:
     mean[:N_CONTINUOUS] = continuous.mean(0)
     # A constant column (possible in tiny files) must not divide by zero.
     std[:N_CONTINUOUS] = continuous.std(0).clamp_min(1e-6)
-    return Dataset(
+    return check_trainable(Dataset(
         name="covtype",
         train=Split(features[train_idx], labels[train_idx]),
         validation=Split(features[val_idx], labels[val_idx]),
@@ -123,4 +128,4 @@ def load(data_dir: str | os.PathLike[str] | None) -> Dataset:
         class_names=CLASS_NAMES,
         input_mean=tuple(mean.tolist()),
         input_std=tuple(std.tolist()),
-    )
+    ), str(directory))

@@ -15,6 +15,8 @@ import torch
 class DataError(RuntimeError):
     """Data is missing, unreadable or corrupt; the message says which file and what to do."""
 
+    exit_code = 2  # a command line shows it as one line
+
 
 @dataclass(frozen=True)
 class Split:
@@ -49,6 +51,23 @@ class Dataset:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+
+MIN_TRAIN = 2  # batch norm needs two rows; one row teaches nothing anyway
+
+
+def check_trainable(dataset: Dataset, source: str) -> Dataset:
+    """Refuse, naming ``source``, a data set no trial could train on or be scored by."""
+    for name in ("train", "validation", "test"):
+        split: Split = getattr(dataset, name)
+        if len(split) < (MIN_TRAIN if name == "train" else 1):
+            raise DataError(f"{source}: the {name} split has {len(split)} rows after splitting; it needs "
+                            f"at least {MIN_TRAIN if name == 'train' else 1} (is the file cut short?)")
+        if split.labels.min() < 0 or split.labels.max() >= dataset.n_classes:
+            raise DataError(f"{source}: label {int(split.labels.max())} is outside 0..{dataset.n_classes - 1}")
+        if split.features.is_floating_point() and not torch.isfinite(split.features).all():
+            raise DataError(f"{source}: the {name} split holds NaN or infinite values")
+    return dataset
 
 
 def seeded_permutation(n: int, seed: int) -> torch.Tensor:

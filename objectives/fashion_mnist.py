@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from objectives.datasets import DataError, Dataset, Split, seeded_permutation
+from objectives.datasets import DataError, Dataset, Split, check_trainable, seeded_permutation
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 DOWNLOAD_DIR = Path.home() / ".cache" / "hpsearch" / "fashion-mnist"
@@ -32,6 +32,7 @@ FILES = {
 VALIDATION_FRACTION = 1 / 12  # 5,000 of the official 60,000 training images
 SPLIT_SEED = 20_170_828  # Fashion-MNIST's release date: any fixed value works.
 IDX_UBYTE = 0x08
+IMAGE_SHAPE = (28, 28)
 
 
 def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:
@@ -68,16 +69,39 @@ def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw[header_end:]), dtype=torch.uint8).reshape(shape)
 
 
+def read_images(path: Path) -> torch.Tensor:
+    images = read_idx(path, 3)
+    if tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise DataError(f"{path}: images are {images.shape[1]}x{images.shape[2]}, Fashion-MNIST's are "
+                        f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}; this is another data set")
+    return images.flatten(1)
+
+
+def read_labels(path: Path) -> torch.Tensor:
+    labels = read_idx(path, 1).long()
+    if len(labels) and labels.max() >= len(CLASS_NAMES):
+        raise DataError(f"{path}: label {int(labels.max())} is outside 0..{len(CLASS_NAMES) - 1}; "
+                        f"this is another data set")
+    return labels
+
+
 def find_files(data_dir: Path | None) -> dict[str, Path]:
-    """Locate the IDX files: in ``data_dir`` (or its torchvision layout), else the system copy."""
+    """Locate the IDX files: in ``data_dir`` (or its torchvision layout), else the system copy.
+
+    A directory holding some of the four files but not all is an error naming the missing."""
     candidates = []
     if data_dir is not None:
         candidates += [data_dir, data_dir / "FashionMNIST" / "raw"]
     else:
         candidates += [SYSTEM_DIR, DOWNLOAD_DIR / "FashionMNIST" / "raw"]
     for directory in candidates:
-        if all((directory / name).is_file() for name in FILES.values()):
+        present = [name for name in FILES.values() if (directory / name).is_file()]
+        if len(present) == len(FILES):
             return {key: directory / name for key, name in FILES.items()}
+        if present:
+            missing = [name for name in FILES.values() if name not in present]
+            raise DataError(f"{directory / missing[0]}: file not found ({len(present)} of the 4 Fashion-MNIST "
+                            f"files are there; missing {', '.join(missing)}); add it or pass another --data-dir")
     return {}
 
 
@@ -117,10 +141,10 @@ def load(data_dir: str | os.PathLike[str] | None, allow_download: bool = True) -
         target = directory or DOWNLOAD_DIR
         target.mkdir(parents=True, exist_ok=True)
         paths = download(target)
-    train_images = read_idx(paths["train_images"], 3).flatten(1)
-    train_labels = read_idx(paths["train_labels"], 1).long()
-    test_images = read_idx(paths["test_images"], 3).flatten(1)
-    test_labels = read_idx(paths["test_labels"], 1).long()
+    train_images = read_images(paths["train_images"])
+    train_labels = read_labels(paths["train_labels"])
+    test_images = read_images(paths["test_images"])
+    test_labels = read_labels(paths["test_labels"])
     for images, labels, kind in ((train_images, train_labels, "train"), (test_images, test_labels, "test")):
         if len(images) != len(labels):
             raise DataError(f"{paths[kind + '_images']}: {len(images)} images but {len(labels)} labels")
@@ -130,12 +154,12 @@ def load(data_dir: str | os.PathLike[str] | None, allow_download: bool = True) -
     train_idx, val_idx = order[n_validation:], order[:n_validation]
     train = Split(train_images[train_idx], train_labels[train_idx])
     pixels = train.features.float()
-    return Dataset(
+    return check_trainable(Dataset(
         name="fashion_mnist",
         train=train,
         validation=Split(train_images[val_idx], train_labels[val_idx]),
         test=Split(test_images, test_labels),
         class_names=CLASS_NAMES,
         input_mean=(pixels.mean().item(),),
-        input_std=(pixels.std().item(),),
-    )
+        input_std=(max(pixels.std().item(), 1e-6),),
+    ), str(paths["train_images"].parent))

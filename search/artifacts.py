@@ -37,7 +37,6 @@ from optuna.trial import FrozenTrial, TrialState
 from search import keys, optuna_adapter
 from search.errors import UserError
 
-DEFAULT_ARTIFACTS = "search-artifacts"
 CHECKPOINT_DIR = "checkpoints"
 TOKEN_LENGTH = 12
 _WRITER = re.compile(r"^\.?(?P<token>[0-9a-f]{12})-(?P<trial>[0-9a-f]+)-")
@@ -51,17 +50,29 @@ def new_token() -> str:
     return uuid.uuid4().hex[:TOKEN_LENGTH]
 
 
-def write_atomically(path: Path, payload: Any) -> None:
-    """``torch.save`` to ``path`` so that a reader (or a crash) never sees half a file."""
+def save_atomically(path: Path, payload: Any) -> None:
+    """``torch.save`` to ``path`` so that a reader (or a crash) never sees half a file, and a
+    failure (a full disk) leaves no file and raises OSError. The bytes are made in memory
+    first: torch's own file writer reports a full disk as a RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
+            handle.write(buffer.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException:
         temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path, payload: Any) -> None:
+    """``save_atomically`` into the artifact directory; a failure is one clear line."""
+    try:
+        save_atomically(path, payload)
+    except OSError as error:
         raise ArtifactStoreError(f"cannot write {path}: {error.strerror}; free space in (or fix the "
                                  f"permissions of) the artifact directory {path.parent}") from None
 
@@ -79,6 +90,13 @@ class ArtifactDirectory:
         self.checkpoints = self.root / CHECKPOINT_DIR
         self.store = FileSystemArtifactStore(str(self.root))  # what optuna-dashboard reads
         self.dropped: set[str] = set()  # weights this process already removed
+
+    def create(self) -> None:
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ArtifactStoreError(f"cannot create the artifact directory {self.checkpoints}: "
+                                     f"{error.strerror}; pass --artifacts with a writable directory") from None
 
     # --- checkpoints ----------------------------------------------------------------
     def save_checkpoint(self, token: str, trial: optuna.Trial, state: dict[str, Any], epoch: int) -> None:
@@ -169,14 +187,21 @@ def weights_ids(trial: FrozenTrial) -> list[str]:
             if key.startswith(keys.ARTIFACTS_PREFIX) and keys.WEIGHTS_SUFFIX in str(value)]
 
 
-def open_artifact_directory(path: str | os.PathLike[str]) -> ArtifactDirectory:
-    """Create the directory if needed and prove it writable, before any trial is claimed."""
+def check_artifact_directory(path: str | os.PathLike[str]) -> ArtifactDirectory:
+    """Prove the directory writable (or creatable) before anything is written anywhere;
+    ``ArtifactDirectory.create`` makes it once the study is joined."""
     directory = ArtifactDirectory(path)
-    try:
-        directory.checkpoints.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ArtifactStoreError(f"cannot create the artifact directory {directory.checkpoints}: "
-                                 f"{error.strerror}; pass --artifacts with a writable directory") from None
-    write_atomically(directory.checkpoints / f"probe-{os.getpid()}", {})
-    (directory.checkpoints / f"probe-{os.getpid()}").unlink()
+    if directory.root.exists() and not directory.root.is_dir():
+        raise ArtifactStoreError(f"cannot create the artifact directory {directory.root}: it is a file; "
+                                 f"pass --artifacts with a directory")
+    existing = directory.root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ArtifactStoreError(f"cannot create the artifact directory {directory.root}: {existing} is not "
+                                 f"writable; pass --artifacts with a writable directory")
+    if directory.root.is_dir():
+        probe = directory.root / f".probe-{os.getpid()}"
+        write_atomically(probe, {})
+        probe.unlink()
     return directory

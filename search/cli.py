@@ -1,147 +1,130 @@
 """The ``search`` command line: run, worker, status, dashboard, best, evaluate.
 
 Every option can also come from an environment variable (``SEARCH_<OPTION>``), which is
-how containers are configured. Bad input ends with one ``search: error: ...`` line.
+how containers are configured. Bad input ends with one ``search: error: ...`` line and
+exit status 2, before anything is created or written; ``status``, ``best`` (without
+``--retrain``) and ``dashboard`` only ever read.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Sequence
 
-from search.errors import SearchError, UserError
+from search import options
+from search.errors import UserError
+from search.options import OneLineParser, add
 
-def env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"SEARCH_{name}", default)
-
-
-def env_int(name: str, default: int | None) -> int | None:
-    value = env(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"SEARCH_{name}={value!r} is not an integer") from None
+MAX_STUDY_NAME = 512  # Optuna's column for study names
 
 
-def env_float(name: str, default: float | None) -> float | None:
-    value = env(name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise UserError(f"SEARCH_{name}={value!r} is not a number") from None
+def study_name(value: str) -> str:
+    value = options.text(value)
+    if len(value) > MAX_STUDY_NAME:
+        raise argparse.ArgumentTypeError(f"is {len(value)} characters long; the storage keeps at most "
+                                         f"{MAX_STUDY_NAME}")
+    if not value.isprintable():
+        raise argparse.ArgumentTypeError(f"{value!r} holds control characters")
+    return value
 
 
-def add_storage(parser: argparse.ArgumentParser) -> None:
-    from search.database import DEFAULT_STORAGE
-
-    parser.add_argument("--storage", default=env("STORAGE", DEFAULT_STORAGE),
-                        help="study storage URL: sqlite:///FILE.db (default %(default)s) or "
-                             "postgresql://USER:PASSWORD@HOST:PORT/DB [SEARCH_STORAGE]")
-
-
-def add_study(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--study", default=env("STUDY"), required=required and env("STUDY") is None,
-                        help="study name (default: the objective's name) [SEARCH_STUDY]")
-
-
-def add_artifacts(parser: argparse.ArgumentParser) -> None:
-    from search.artifacts import DEFAULT_ARTIFACTS
-
-    parser.add_argument("--artifacts", default=env("ARTIFACTS", DEFAULT_ARTIFACTS),
-                        help="shared artifact directory for checkpoints and weights [SEARCH_ARTIFACTS]")
-
-
-def add_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=env("DATA_DIR"),
-                        help="dataset directory (Fashion-MNIST IDX .gz files; covtype.data.gz or a "
-                             "scikit-learn covtype cache) [SEARCH_DATA_DIR]")
-    parser.add_argument("--device", default=env("DEVICE", "auto"),
-                        help="auto, cpu, cuda or cuda:N (auto: GPU worker-index mod GPUs) [SEARCH_DEVICE]")
+def add_common(parser: argparse.ArgumentParser, command: str, *names: str) -> None:
+    if "study" in names:
+        add(parser, command, "--study", "STUDY", "study name", convert=study_name)
+    if "storage" in names:
+        add(parser, command, "--storage", "STORAGE", "study storage URL: sqlite:///FILE.db or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB", default=options.DEFAULT_STORAGE)
+    if "artifacts" in names:
+        add(parser, command, "--artifacts", "ARTIFACTS", "artifact directory every worker shares (checkpoints "
+            "and weights)", default=options.DEFAULT_ARTIFACTS)
+    if "data" in names:
+        add(parser, command, "--data-dir", "DATA_DIR", "dataset directory (Fashion-MNIST IDX .gz files; "
+            "covtype.data.gz or a scikit-learn covtype cache)")
+    if "device" in names:
+        add(parser, command, "--device", "DEVICE", "auto, cpu, cuda or cuda:N (auto: GPU worker-index mod GPUs)",
+            default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="search", description="Distributed hyperparameter search "
-                                     "for PyTorch MLP classifiers on one shared Optuna study.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Optuna's own log lines")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="search", description="Distributed hyperparameter search "
+                           "for PyTorch MLP classifiers on one shared Optuna study.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and Optuna's log")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     for name, help_text in (("run", "run a whole study here and print a summary"),
                             ("worker", "join a shared study and work until its budget is done")):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("--objective", default=env("OBJECTIVE", "fashion_mnist"),
-                             help="fashion_mnist or covtype [SEARCH_OBJECTIVE]")
-        add_study(command)
-        add_storage(command)
-        add_artifacts(command)
-        add_data(command)
-        command.add_argument("--n-trials", type=int, default=env_int("N_TRIALS", 20),
-                             help="study-wide trial budget, counted over all workers [SEARCH_N_TRIALS]")
-        command.add_argument("--epochs", type=int, default=env_int("EPOCHS", 10),
-                             help="epochs per trial [SEARCH_EPOCHS]")
-        command.add_argument("--timeout", type=float, default=env("TIMEOUT"),
-                             help="stop claiming new trials after this many seconds [SEARCH_TIMEOUT]")
-        command.add_argument("--seed", type=int, default=env_int("SEED", 0),
-                             help="base seed; worker k's sampler uses seed + k [SEARCH_SEED]")
-        command.add_argument("--heartbeat-interval", type=float, default=env_float("HEARTBEAT_INTERVAL", 10),
-                             help="seconds between a running trial's heartbeats [SEARCH_HEARTBEAT_INTERVAL]")
-        command.add_argument("--grace-period", type=float, default=env_float("GRACE_PERIOD", 90),
-                             help="a trial whose heartbeat is older than this is failed and retried; "
-                                  "covers network blips of a worker up to about this long [SEARCH_GRACE_PERIOD]")
-        command.add_argument("--db-patience", type=float, default=env_float("DB_PATIENCE", 300),
-                             help="seconds to keep reconnecting to a lost database before giving up "
-                                  "[SEARCH_DB_PATIENCE]")
-        command.add_argument("--keep-best", type=int, default=env_int("KEEP_BEST", 5),
-                             help="keep final weights of only the best K trials [SEARCH_KEEP_BEST]")
+        add(command, name, "--objective", "OBJECTIVE", "fashion_mnist or covtype", default="fashion_mnist")
+        add_common(command, name, "study", "storage", "artifacts", "data", "device")
+        add(command, name, "--n-trials", "N_TRIALS", "study-wide trial budget, counted over all workers",
+            convert=options.positive_int, default=20)
+        add(command, name, "--epochs", "EPOCHS", "epochs per trial", convert=options.positive_int, default=10)
+        add(command, name, "--timeout", "TIMEOUT", "stop claiming new trials after this many seconds",
+            convert=options.seconds)
+        add(command, name, "--seed", "SEED", f"base seed 0..{options.MAX_SEED}; worker k's sampler uses seed + k",
+            convert=options.seed, default=0)
+        add(command, name, "--heartbeat-interval", "HEARTBEAT_INTERVAL",
+            "seconds between a running trial's heartbeats", convert=options.seconds, default=10)
+        add(command, name, "--grace-period", "GRACE_PERIOD", "a trial whose heartbeat is older than this many "
+            "seconds is failed and retried", convert=options.seconds, default=90)
+        add(command, name, "--db-patience", "DB_PATIENCE", "seconds to keep reconnecting to a lost database",
+            convert=options.seconds, default=300)
+        add(command, name, "--keep-best", "KEEP_BEST", "keep final weights of only the best K trials",
+            convert=options.positive_int, default=5)
 
     status = commands.add_parser("status", help="table of a study's trials")
-    add_study(status, required=True)
-    add_storage(status)
+    add_common(status, "status", "study", "storage")
 
-    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the storage")
-    add_storage(dashboard)
-    add_artifacts(dashboard)
-    dashboard.add_argument("--host", default=env("DASHBOARD_HOST", "127.0.0.1"))
-    dashboard.add_argument("--port", type=int, default=env_int("DASHBOARD_PORT", 8080))
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the storage (read-only)")
+    add_common(dashboard, "dashboard", "storage", "artifacts")
+    add(dashboard, "dashboard", "--host", "DASHBOARD_HOST", "address to listen on", default="127.0.0.1")
+    add(dashboard, "dashboard", "--port", "DASHBOARD_PORT", "port to listen on", convert=options.port,
+        default=8080)
 
-    from search.export import add_best_and_evaluate
+    best = commands.add_parser("best", help="show the best trial; --export writes its model file")
+    add_common(best, "best", "study", "storage", "artifacts", "data", "device")
+    best.add_argument("--json", action="store_true", help="print the best trial as JSON")
+    best.add_argument("--export", metavar="PATH", type=options.text, help="write the best model to PATH (.pt)")
+    best.add_argument("--force", action="store_true", help="let --export replace a file that is not a model "
+                      "exported by search")
+    best.add_argument("--retrain", action="store_true",
+                      help="retrain the best hyperparameters on train+validation and measure test accuracy")
 
-    add_best_and_evaluate(commands, add_study, add_storage, add_artifacts, add_data)
+    evaluate = commands.add_parser("evaluate", help="test-set accuracy of an exported model file")
+    evaluate.add_argument("path", type=options.text, help="an exported .pt file")
+    add_common(evaluate, "evaluate", "data")
+    evaluate.add_argument("--json", action="store_true")
     return parser
 
 
 def command_work(args: argparse.Namespace) -> int:
+    from search.database import parse_url
+
+    parse_url(args.storage)  # before the slow imports below: a typo in the URL is the commonest mistake
+
     from objectives import OBJECTIVES, UnknownObjective
-    from search.status import study_report
-    from search.worker import WorkerConfig, run_worker
+    from search.worker import WorkerConfig, check_device, run_worker
 
     if args.objective not in OBJECTIVES:
         raise UnknownObjective(args.objective)
-    for option in ("n_trials", "epochs", "heartbeat_interval", "keep_best"):
-        if getattr(args, option) is not None and getattr(args, option) < 1:
-            raise UserError(f"--{option.replace('_', '-')} must be at least 1")
     if args.grace_period < 2 * args.heartbeat_interval:
         raise UserError(f"--grace-period {args.grace_period:g} must be at least twice --heartbeat-interval "
                         f"({args.heartbeat_interval:g}), or live workers would be taken for dead")
+    check_device(args.device)
     config = WorkerConfig(
         storage=args.storage, study=args.study or args.objective, objective=args.objective,
         epochs=args.epochs, n_trials=args.n_trials, data_dir=args.data_dir, artifacts=args.artifacts,
-        device=args.device, seed=args.seed, timeout=float(args.timeout) if args.timeout else None,
-        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, keep_best=args.keep_best,
-        db_patience=args.db_patience,
+        device=args.device, seed=args.seed, timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period, keep_best=args.keep_best, db_patience=args.db_patience,
     )
-    study = run_worker(config, say=lambda line: print(line, flush=True))
+    worker = run_worker(config, say=lambda line: print(line, flush=True))
     if args.command == "run":
-        from search.storage import open_storage
+        from search.status import study_report
 
-        print(study_report(study, open_storage(args.storage).slots(study).progress()))
+        print(study_report(worker.study, worker.slots.progress()))
         print(f"export the best model: search best --study {config.study} --storage {args.storage} "
               f"--artifacts {args.artifacts} --export model.pt")
     return 0
@@ -152,55 +135,89 @@ def command_status(args: argparse.Namespace) -> int:
     from search.storage import open_storage
     from search.study import load_existing
 
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, writable=False)
     study = load_existing(storage, args.study)
     print(study_report(study, storage.slots(study).progress()))
     return 0
 
 
 def command_dashboard(args: argparse.Namespace) -> int:
+    import socket
+
     from optuna_dashboard import run_server
 
     from search.artifacts import ArtifactDirectory
     from search.storage import open_storage
 
-    storage = open_storage(args.storage)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/", flush=True)
+    try:  # bottle would print a traceback for a taken port
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {error.strerror}; pass another --port "
+                        f"(or --host)") from None
+    storage = open_storage(args.storage, writable=False)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (read-only)", flush=True)
     run_server(storage, host=args.host, port=args.port, artifact_store=ArtifactDirectory(args.artifacts).store)
     return 0
 
 
+def command_best(args: argparse.Namespace) -> int:
+    if args.retrain and args.export is None:
+        raise UserError("--retrain needs --export PATH to write the retrained model to")
+    if args.force and args.export is None:
+        raise UserError("--force only applies to --export PATH")
+    from search.export import command_best as best
+
+    return best(args)
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from search.export import command_evaluate as evaluate
+
+    return evaluate(args)
+
+
+HANDLERS = {"run": command_work, "worker": command_work, "status": command_status,
+            "dashboard": command_dashboard, "best": command_best, "evaluate": command_evaluate}
+
+
+def run(args: argparse.Namespace) -> int:
+    required = {"status": ("study",), "best": ("study",)}.get(args.command, ())
+    options.resolve(args, required)
+    return HANDLERS[args.command](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from models import ExportedModelError
-    from objectives import DataError, UnknownObjective
     from search.signals import WorkerStopped
 
     try:
         args = build_parser().parse_args(argv)
         configure_logging(args.verbose)
-        handler = {"run": command_work, "worker": command_work, "status": command_status,
-                   "dashboard": command_dashboard}.get(args.command) or args.handler
-        return handler(args)
-    except SearchError as error:
-        print(f"search: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except (DataError, UnknownObjective, ExportedModelError) as error:
-        print(f"search: error: {error}", file=sys.stderr)
-        return 2
+        return run(args)
     except WorkerStopped as stop:
         print(f"search: stopped by {stop}; the current trial was re-queued", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
+        print("search: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        # SearchError, and the data and model packages' own errors, carry their exit status.
+        if getattr(error, "exit_code", None) is None:
+            raise
+        print(f"search: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 def configure_logging(verbose: bool) -> None:
     import optuna
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING if verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # Library warnings (Optuna's experimental APIs, torch's notes) are not the user's
+        # to act on; -v shows them.
+        warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from search.errors import DatabaseLost, StorageError, UserError
 
-DEFAULT_STORAGE = "sqlite:///search.db"
 CONNECT_TIMEOUT_S = 5
 REPLY_TIMEOUT_S = 30.0  # longer than LOCK_TIMEOUT_S: a lock wait is not a lost server
 LOCK_TIMEOUT_S = 15
@@ -68,29 +67,57 @@ T = TypeVar("T")
 UNKNOWN: Any = object()  # what a ``resolve`` returns when the write did not happen
 
 
+URL_FORMS = "use sqlite:///PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+# libpq's connection keywords: what psycopg2 passes on from a URL's query string.
+LIBPQ_OPTIONS = {
+    "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslcompression",
+    "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "gssencmode",
+    "krbsrvname", "gsslib", "channel_binding", "connect_timeout", "application_name", "options",
+    "target_session_attrs", "passfile", "service", "keepalives", "keepalives_idle",
+    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "client_encoding", "host", "hostaddr",
+    "load_balance_hosts", "require_auth",
+}
+
+
 def parse_url(url: str) -> URL:
+    """The storage URL, checked without connecting: its form, backend, driver, port, options."""
+    shown = describe_text(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(
-            f"malformed storage URL {url!r}; use sqlite:///PATH.db or "
-            f"postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-        ) from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise UserError(
-            f"unsupported storage URL {url!r}; use sqlite:///PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-        )
-    if parsed.get_backend_name() == "sqlite" and not parsed.database:
-        raise UserError(f"storage URL {url!r} has no database file; use sqlite:///PATH.db")
-    if parsed.drivername == "postgresql":
-        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; this project ships psycopg2.
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    if parsed.get_backend_name() == "postgresql":
-        try:
-            parsed.get_dialect()
-        except Exception as error:  # NoSuchModuleError for a bad driver name
-            raise UserError(f"storage URL {url!r}: {error}; use postgresql+psycopg2://...") from None
-    return parsed
+        parsed.port  # noqa: B018 - a port that is not a number raises here
+    except (ArgumentError, ValueError):
+        raise UserError(f"malformed storage URL {shown!r}; {URL_FORMS}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise UserError(f"unsupported storage URL {shown!r}; {URL_FORMS}")
+    if backend == "sqlite":
+        if parsed.drivername != "sqlite":
+            raise UserError(f"storage URL {shown!r}: driver {parsed.drivername!r} is not supported; use sqlite:///PATH.db")
+        if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file::memory:"):
+            raise UserError(f"storage URL {shown!r} names no database file (an in-memory database vanishes "
+                            f"when the command ends, and other workers cannot see it); use sqlite:///PATH.db")
+        if parsed.query:
+            raise UserError(f"storage URL {shown!r}: SQLite URLs take no options here "
+                            f"({', '.join(parsed.query)}); use sqlite:///PATH.db")
+        return parsed
+    # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; this project ships psycopg2.
+    if parsed.drivername not in ("postgresql", "postgresql+psycopg2"):
+        raise UserError(f"storage URL {shown!r}: driver {parsed.drivername.partition('+')[2]!r} is not "
+                        f"installed with this project; use postgresql:// (psycopg2)")
+    unknown = sorted(set(parsed.query) - LIBPQ_OPTIONS)
+    if unknown:
+        raise UserError(f"storage URL {shown!r}: {', '.join(unknown)} is not a PostgreSQL connection option; "
+                        f"remove it (options: sslmode, connect_timeout, application_name, ...)")
+    return parsed.set(drivername="postgresql+psycopg2")
+
+
+def describe_text(url: str) -> str:
+    """A URL as typed, with any password masked, for messages about malformed ones."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not (sep and at and ":" in credentials):
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{location}"
 
 
 def describe(url: URL) -> str:
@@ -198,6 +225,11 @@ def is_transient(error: BaseException) -> bool:
         wrapped = wrapped.__cause__
     if isinstance(wrapped, DBAPIError) and wrapped.connection_invalidated:
         return True
+    if isinstance(wrapped, sqlalchemy.exc.PendingRollbackError):
+        # Raised when a session is used again after its connection died mid-transaction
+        # (Optuna's _get_trials retries a failed query on the same session): transient
+        # exactly when what broke the transaction was.
+        return wrapped.__context__ is not None and is_transient(wrapped.__context__)
     cause = driver_error(error)
     if isinstance(cause, psycopg2.Error):
         if cause.pgcode:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -31,27 +30,6 @@ from search import keys
 from search.errors import UserError
 
 FORMAT_VERSION = 1
-
-
-def add_best_and_evaluate(commands: argparse._SubParsersAction, add_study: Callable[..., None],
-                          add_storage: Callable[..., None], add_artifacts: Callable[..., None],
-                          add_data: Callable[..., None]) -> None:
-    best = commands.add_parser("best", help="show the best trial; --export writes its model file")
-    add_study(best, required=True)
-    add_storage(best)
-    add_artifacts(best)
-    add_data(best)
-    best.add_argument("--json", action="store_true", help="print the best trial as JSON")
-    best.add_argument("--export", metavar="PATH", help="write the best model to PATH (.pt)")
-    best.add_argument("--retrain", action="store_true",
-                      help="retrain the best hyperparameters on train+validation and measure test accuracy")
-    best.set_defaults(handler=command_best)
-
-    evaluate = commands.add_parser("evaluate", help="test-set accuracy of an exported model file")
-    evaluate.add_argument("path", help="an exported .pt file")
-    add_data(evaluate)
-    evaluate.add_argument("--json", action="store_true")
-    evaluate.set_defaults(handler=command_evaluate)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
@@ -74,11 +52,20 @@ def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def check_writable(path: Path) -> None:
-    """Fail before any long work if the export cannot be written (by trying to)."""
+def check_writable(path: Path, force: bool) -> None:
+    """Fail before any long work if the export cannot be written (by trying to), or would
+    replace a file that is not an earlier export (unless ``force``)."""
+    from models import ExportedModelError, read_exported
+
     directory = path.resolve().parent
     if path.is_dir():
         raise UserError(f"cannot export to {path}: it is a directory; give a file path such as {path / 'model.pt'}")
+    if path.exists() and not force:
+        try:
+            read_exported(path)
+        except ExportedModelError:
+            raise UserError(f"{path} exists and is not a model exported by search; pass --force to replace "
+                            f"it, or choose another --export path") from None
     if not directory.is_dir():
         raise UserError(f"cannot export to {path}: directory {directory} does not exist")
     try:
@@ -106,6 +93,9 @@ def stored_weights(directory: Any, trial: FrozenTrial) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"the weights of trial {trial.number} ({listed[0]}) are not in {directory.root} "
                         f"(another --artifacts directory?); rerun with --retrain") from None
+    except Exception as error:  # a damaged file: torch raises many types
+        raise UserError(f"the weights of trial {trial.number} in {directory.root / listed[0]} are unreadable "
+                        f"({type(error).__name__}); rerun with --retrain") from None
 
 
 def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_name: str,
@@ -135,14 +125,13 @@ def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_nam
 
 def write_export(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a reader never sees half a file, a failure leaves no file."""
-    handle = tempfile.NamedTemporaryFile(dir=path.resolve().parent, prefix=f".{path.name}.", delete=False)
+    from search.artifacts import save_atomically
+
     try:
-        with handle:
-            torch.save(payload, handle)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+        save_atomically(path, payload)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}; free space there or choose another "
+                        f"--export path") from None
 
 
 def command_best(args: argparse.Namespace) -> int:
@@ -150,12 +139,14 @@ def command_best(args: argparse.Namespace) -> int:
     from search.storage import open_storage
     from search.study import load_existing
 
-    export = Path(args.export) if args.export else None
+    export = Path(args.export) if args.export is not None else None
     if export is not None:
-        check_writable(export)
-    if args.retrain and export is None:
-        raise UserError("--retrain needs --export PATH to write the retrained model to")
-    study = load_existing(open_storage(args.storage), args.study)
+        check_writable(export, args.force)
+    if args.retrain:
+        from search.worker import check_device
+
+        check_device(args.device)
+    study = load_existing(open_storage(args.storage, writable=False), args.study)
     trial = best_trial(study)
     summary = trial_summary(study, trial)
     if args.json:
@@ -203,14 +194,21 @@ def describe_inputs(objective: str, hyperparameters: dict[str, Any]) -> dict[str
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from models import load_exported, read_exported
-    from objectives import load_dataset
+    from models import ExportedModelError, load_exported, read_exported
+    from objectives import DATASET_INFO, load_dataset
     from objectives.trainer import predict
 
     metadata = read_exported(args.path)["metadata"]
     objective = metadata.get("objective")
+    if objective not in DATASET_INFO:
+        raise ExportedModelError(f"{args.path}: its metadata names objective {objective!r}, not one of "
+                                 f"{', '.join(DATASET_INFO)}; it was not exported by search")
     model = load_exported(args.path)
     test = load_dataset(objective, args.data_dir).test
+    width = model[1].in_features if len(model) > 1 else None
+    if width != test.features.shape[1]:
+        raise ExportedModelError(f"{args.path}: the model takes {width} inputs, but {objective} test samples "
+                                 f"have {test.features.shape[1]}; the file was edited or mixes two models")
     predictions = predict(model, test.features)
     class_names = metadata.get("class_names") or [str(i) for i in range(int(test.labels.max()) + 1)]
     per_class = {}

@@ -6,7 +6,9 @@ it works through a transaction-pooling PgBouncer too (the open transaction keeps
 server connection), where a session-level lock would not. If the lock's connection is
 lost while the body runs, another worker may have held the lock at the same time: the
 final check raises a connection error, and the caller redoes the (repeatable) body.
-SQLite: an ``flock`` on a file beside the database (released by the kernel likewise).
+SQLite: an ``flock`` on a file in the temporary directory named after the database's
+path (released by the kernel likewise; SQLite serves processes of one machine, which
+share that directory), so nothing is ever created beside the database.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,8 @@ import sqlalchemy
 from sqlalchemy.engine import URL
 
 from search.database import single_connection_engine
+
+LOCK_DIR = Path(tempfile.gettempdir()) / "hpsearch-locks"
 
 
 def lock_key(name: str) -> int:
@@ -39,21 +44,29 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def named_lock(url: URL, name: str) -> Iterator[None]:
-    """Hold the lock ``name`` for the database at ``url``."""
+def named_lock(url: URL, name: str, engine: sqlalchemy.Engine | None = None) -> Iterator[None]:
+    """Hold the lock ``name`` for the database at ``url``, on a connection from ``engine``'s
+    pool if given (a worker's two pooled connections then suffice), else on one of its own."""
     if url.get_backend_name() == "sqlite":
-        database = Path(url.database).expanduser().resolve()
-        with _file_lock(database.with_name(f"{database.name}.{name}.lock")):
+        database = str(Path(url.database).expanduser().resolve())
+        # Hashed: a study name may hold characters a file name cannot ("/").
+        digest = hashlib.sha256(f"{database}\0{name}".encode()).hexdigest()[:24]
+        if not LOCK_DIR.is_dir():
+            LOCK_DIR.mkdir(exist_ok=True)
+            LOCK_DIR.chmod(0o1777)  # shared by every user's workers, like /tmp itself
+        with _file_lock(LOCK_DIR / f"{digest}.lock"):
             yield
         return
-    engine = single_connection_engine(url)
+    own = engine is None
+    engine = single_connection_engine(url) if engine is None else engine
     try:
         with engine.connect() as connection, connection.begin():
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
             yield
             connection.execute(sqlalchemy.text("SELECT 1"))  # still ours? (see the module docstring)
     finally:
-        engine.dispose()
+        if own:
+            engine.dispose()
 
 
 def schema_lock(url: URL) -> contextlib.AbstractContextManager[None]:

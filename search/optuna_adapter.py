@@ -108,12 +108,31 @@ def transaction_engine(rdb: RDBStorage, database: Database) -> sa.Engine:
     return engine
 
 
-def check_schema(engine: sa.Engine, database: Database) -> None:
+OPTUNA_TABLES = {"studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
+                 "trial_params", "trial_values", "trial_intermediate_values", "trial_user_attributes",
+                 "trial_system_attributes", "trial_heartbeats", "version_info", "alembic_version"}
+
+
+def schema_state(engine: sa.Engine, database: Database) -> str:
+    """"empty" (no Optuna tables yet), "partial" (some, all Optuna's) or "optuna" (complete,
+    schema version checked); a database whose tables clash with Optuna's is refused."""
+    inspector = sa.inspect(engine)
+    present = set(inspector.get_table_names()) & OPTUNA_TABLES
+    if not present:
+        return "empty"
+    for table in present & {"studies", "trials", "version_info"}:
+        expected = set(_meta.tables[table].columns.keys())
+        if not expected <= {column["name"] for column in inspector.get_columns(table)}:
+            raise StorageError(f"{describe(database.url)} has a table {table!r} that is not Optuna's; "
+                               f"point --storage at a separate database")
+    if present != OPTUNA_TABLES:
+        return "partial"
     with engine.connect() as connection:
         version = connection.execute(sa.select(version_info.c.schema_version)).scalar()
     if version != SCHEMA_VERSION:
         raise StorageError(f"{describe(database.url)} has Optuna schema version {version}; this project "
                            f"reads version {SCHEMA_VERSION} (Optuna 5): upgrade it with `optuna storage upgrade`")
+    return "optuna"
 
 
 def open_trial(study: optuna.Study, claimed_id: int) -> optuna.Trial:

@@ -17,8 +17,11 @@ Database errors other than connection loss become one ``StorageError`` line.
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Sequence
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -26,12 +29,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import OperationalError
 
 from search import optuna_adapter
 from search.database import (
     RECONNECT_PATIENCE_S, UNKNOWN, Database, describe, engine_kwargs, first_line, install_reply_timeout,
-    is_database_error, is_transient, parse_url, single_connection_engine, storage_error,
+    is_database_error, is_transient, parse_url, storage_error,
 )
 from search.errors import DatabaseLost, UserError
 
@@ -39,11 +41,11 @@ T = TypeVar("T")
 
 
 class ResilientStorage(BaseStorage):
-    def __init__(self, rdb: RDBStorage, database: Database) -> None:
+    def __init__(self, rdb: RDBStorage, database: Database, writable: bool = True) -> None:
         self.rdb = rdb
         self.database = database
         self.cache = optuna_adapter.cached(rdb)
-        self.transactions = optuna_adapter.transaction_engine(rdb, database)
+        self.transactions = optuna_adapter.transaction_engine(rdb, database) if writable else rdb.engine
 
     def slots(self, study: optuna.Study) -> optuna_adapter.Slots:
         return optuna_adapter.Slots(self.transactions, self.database, study)
@@ -163,43 +165,92 @@ class ResilientStorage(BaseStorage):
         self.rdb.remove_session()
 
 
-def check_reachable(url: sqlalchemy.engine.URL) -> None:
-    """Fail in seconds, naming host and port, when the database cannot be reached."""
+def sqlite_path(url: sqlalchemy.engine.URL, writable: bool) -> Path | None:
+    """The SQLite file, checked: None if it does not exist yet (and may be created)."""
+    path = Path(url.database).expanduser()
+    if path.is_dir():
+        raise UserError(f"{describe(url)} is a directory; give a file path such as {path / 'search.db'}")
+    if path.exists():
+        if writable and not (os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK)):
+            raise UserError(f"{describe(url)} is read-only (or its directory is); make it writable, or "
+                            f"copy it somewhere writable to add trials")
+        return path
+    directory = path.resolve().parent
+    if not writable:
+        raise UserError(f"no SQLite file {path}; check --storage (search run or search worker creates it)")
+    if not directory.is_dir():
+        raise UserError(f"cannot create {describe(url)}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"cannot create {describe(url)}: directory {directory} is not writable; "
+                        f"pass another --storage path")
+    return None
+
+
+def read_only_engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
+    """Connections that cannot write: SQLite opened read-only (works on a read-only mount,
+    creates no journal), PostgreSQL transactions read-only by default."""
+    kwargs = engine_kwargs(url)
     if url.get_backend_name() == "sqlite":
-        directory = Path(url.database).expanduser().resolve().parent
-        if not directory.is_dir():
-            raise UserError(f"cannot create {describe(url)}: directory {directory} does not exist")
-        return
-    engine = single_connection_engine(url)
+        location = f"file:{quote(str(Path(url.database).expanduser().resolve()))}?mode=ro"
+        kwargs["creator"] = lambda: sqlite3.connect(location, uri=True, timeout=60, check_same_thread=False)
+    else:
+        args = kwargs["connect_args"]
+        args["options"] += " -c default_transaction_read_only=on"
+    return kwargs
+
+
+def check_reachable(url: sqlalchemy.engine.URL, kwargs: dict[str, Any]) -> str:
+    """Connect once (failing in seconds, naming host and port) and inspect the schema."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      **{key: kwargs[key] for key in ("connect_args", "creator") if key in kwargs})
     try:
-        with engine.connect():
-            pass
-    except OperationalError as error:
-        raise UserError(
-            f"cannot reach {describe(url)}: {first_line(error)}; check that the server runs and the "
-            f"--storage URL (or SEARCH_STORAGE) is right"
-        ) from None
+        return optuna_adapter.schema_state(engine, Database(url))
+    except Exception as error:
+        if not is_database_error(error):
+            raise
+        if is_transient(error):
+            raise UserError(f"cannot reach {describe(url)}: {first_line(error)}; check that the server runs "
+                            f"and the --storage URL (or SEARCH_STORAGE) is right") from None
+        raise storage_error(url, error) from None
     finally:
         engine.dispose()
 
 
-def open_storage(url_text: str, patience: float = RECONNECT_PATIENCE_S,
-                 notify: Callable[[str], None] | None = None) -> ResilientStorage:
-    """Check the URL and the server, then open the storage (creating tables race-free)."""
+def open_storage(url_text: str, writable: bool = True, patience: float = RECONNECT_PATIENCE_S,
+                 notify: Callable[[str], None] | None = None, missing_ok: bool = False) -> ResilientStorage | None:
+    """Check the URL and the server, then open the storage.
+
+    ``writable``: create Optuna's tables if there are none (race-free). Otherwise nothing
+    is created, migrated or locked, and connections cannot write; a storage with no
+    Optuna tables is an error, or None with ``missing_ok``."""
     from search.locking import schema_lock
 
     url = parse_url(url_text)
     install_reply_timeout()
-    check_reachable(url)
+    if url.get_backend_name() == "sqlite" and sqlite_path(url, writable or missing_ok) is None and not writable:
+        return None  # not there yet: a worker's look (missing_ok) before it creates the file
+    kwargs = engine_kwargs(url) if writable else read_only_engine_kwargs(url)
+    state = check_reachable(url, kwargs)
+    if not writable and state != "optuna":
+        if missing_ok:
+            return None
+        raise UserError(f"{describe(url)} holds no Optuna study storage (no tables); check --storage")
     database = Database(url, patience) if notify is None else Database(url, patience, notify)
     try:
-        # Workers started at the same instant would race to create the tables.
-        with schema_lock(url):
-            rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url))
+        if writable and state != "optuna":
+            # Workers started at the same instant would race to create the tables.
+            with schema_lock(url):
+                rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs)
+        elif writable:
+            rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs)
+        else:
+            rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs,
+                             skip_compatibility_check=True, skip_table_creation=True)
     except Exception as error:
         if is_database_error(error):
             raise storage_error(url, error) from error
         raise
-    storage = ResilientStorage(rdb, database)
-    optuna_adapter.check_schema(storage.transactions, database)
+    storage = ResilientStorage(rdb, database, writable)
+    if writable:
+        optuna_adapter.schema_state(storage.transactions, database)
     return storage

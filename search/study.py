@@ -32,7 +32,7 @@ class StudySpec:
 
 
 def study_lock(storage: ResilientStorage, study_name: str) -> contextlib.AbstractContextManager[None]:
-    return named_lock(storage.database.url, f"study-{study_name}")
+    return named_lock(storage.database.url, f"study-{study_name}", engine=storage.transactions)
 
 
 def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
@@ -135,6 +135,6 @@ def join_study(storage: ResilientStorage, spec: StudySpec, n_trials: int | None,
 
     # Only the lock's own connection errors reach this retry (storage calls retry inside).
     index, token = storage.database.retrying(join_once)
-    sampler = make_sampler(base_seed + index)
+    sampler = make_sampler((base_seed + index) % 2**32)
     return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler,
                              pruner=make_pruner()), index, token

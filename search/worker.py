@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 from objectives import Dataset, EpochHooks, ObjectiveSettings, load_dataset, make_objective, space
 from objectives.trainer import Trainer
 from search import keys, optuna_adapter
-from search.artifacts import ArtifactDirectory, ArtifactStoreError, open_artifact_directory
+from search.artifacts import ArtifactDirectory, ArtifactStoreError, check_artifact_directory
 from search.database import RECONNECT_PATIENCE_S
-from search.errors import SearchError
+from search.errors import SearchError, UserError
 from search.heartbeat import Heartbeat
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
@@ -57,15 +57,28 @@ class WorkerConfig:
     db_patience: float = RECONNECT_PATIENCE_S
 
 
+def check_device(requested: str) -> None:
+    """Refuse a device this machine cannot use, before anything is opened or written."""
+    if requested in ("auto", "cpu"):
+        return
+    kind, colon, index = requested.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            shown = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+            raise UserError(f"--device {requested}: no CUDA GPU is visible here{shown}; use --device cpu or auto")
+        if colon and not (index.isdigit() and int(index) < count):
+            raise UserError(f"--device {requested}: this machine has {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
+        return
+    raise UserError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:N")
+
+
 def choose_device(requested: str, worker_index: int) -> torch.device:
     """``auto``/``cuda``: GPU (index mod visible GPUs) when there is one; else as given."""
-    if requested in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", worker_index % torch.cuda.device_count())
-        if requested == "cuda":
-            raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible")
-        return torch.device("cpu")
-    return torch.device(requested)
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", worker_index % torch.cuda.device_count())
+    return torch.device("cpu" if requested == "auto" else requested)
 
 
 class ServiceHooks(EpochHooks):
@@ -129,11 +142,17 @@ class Worker:
     def run(self) -> optuna.Study:
         config = self.config
         spec = StudySpec(config.study, config.objective, config.epochs)
-        storage = open_storage(config.storage, patience=config.db_patience, notify=self.say)
-        check_existing(storage, spec)
+        # Everything is checked before the first write: the study (read-only), the data, the
+        # artifact directory; only then are tables created and the study joined.
+        existing = open_storage(config.storage, writable=False, missing_ok=True)
+        if existing is not None:
+            check_existing(existing, spec)
+            existing.close()
         dataset = load_dataset(config.objective, config.data_dir)
-        directory = open_artifact_directory(config.artifacts)
+        directory = check_artifact_directory(config.artifacts)
+        storage = open_storage(config.storage, patience=config.db_patience, notify=self.say)
         study, index, token = join_study(storage, spec, config.n_trials, config.seed)
+        directory.create()
         device = choose_device(config.device, index)
         self.tag = f"[worker {index}]"
         self.storage, self.study, self.directory, self.token = storage, study, directory, token
@@ -247,5 +266,7 @@ class Worker:
             raise UpdateFinishedTrialError(f"trial {trial.number} was already {recorded.state.name}")
 
 
-def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> optuna.Study:
-    return Worker(config, say).run()
+def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> Worker:
+    worker = Worker(config, say)
+    worker.run()
+    return worker

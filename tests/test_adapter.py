@@ -162,3 +162,25 @@ def test_a_database_error_that_is_no_connection_loss_is_one_line_at_once(postgre
         assert "use a separate database" in message and "\n" not in message
     finally:
         storage.close()
+
+
+def test_a_session_reused_after_its_connection_died_counts_as_connection_loss():
+    """Optuna retries a failed query on the same session (``_get_trials``); what SQLAlchemy
+    raises then is transient exactly when the first failure was."""
+    import psycopg2
+
+    from search.database import is_transient
+
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg2.OperationalError("server closed the connection"),
+                                           connection_invalidated=True)
+    broken = sqlalchemy.exc.ProgrammingError("SELECT x", {}, psycopg2.ProgrammingError("column x does not exist"))
+    for cause, expected in ((lost, True), (broken, False)):
+        try:
+            try:
+                raise cause
+            except sqlalchemy.exc.DBAPIError:
+                raise sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")
+        except sqlalchemy.exc.PendingRollbackError as error:
+            wrapped = optuna.exceptions.StorageInternalError("commit failed")
+            wrapped.__cause__ = error
+            assert is_transient(wrapped) is expected

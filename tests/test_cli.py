@@ -47,7 +47,8 @@ def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashi
     (["run", "--storage", "mysql://u@localhost/db"], "unsupported storage URL"),
     (["run", "--data-dir", "/nonexistent/fashion"], "data directory /nonexistent/fashion does not exist"),
     (["evaluate", "/nonexistent/model.pt"], "no such file"),
-    (["status", "--study", "x", "--storage", "sqlite:////nonexistent/dir/s.db"], "directory /nonexistent/dir does not exist"),
+    (["status", "--study", "x", "--storage", "sqlite:////nonexistent/dir/s.db"], "no SQLite file /nonexistent/dir/s.db"),
+    (["run", "--storage", "sqlite:////nonexistent/dir/s.db"], "directory /nonexistent/dir does not exist"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, args, expected):
     line = one_error_line(run_search(*args, cwd=tmp_path))
@@ -104,10 +105,10 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     assert database_snapshot(url) == before
 
 
-def test_dashboard_serves_the_study_over_http(tmp_path, fashion_dir):
+def test_dashboard_serves_the_study_and_only_the_kept_weights(tmp_path, fashion_dir):
     storage = f"sqlite:///{tmp_path / 'dash.db'}"
     done = run_search("run", "--storage", storage, "--study", "shown", "--data-dir", str(fashion_dir),
-                      "--n-trials", "1", "--epochs", "1", "--device", "cpu", cwd=tmp_path)
+                      "--n-trials", "3", "--epochs", "1", "--keep-best", "1", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", storage,
@@ -123,6 +124,15 @@ def test_dashboard_serves_the_study_over_http(tmp_path, fashion_dir):
 
         listed = wait_until(studies, timeout=60, interval=0.5)
         assert [summary["study_name"] for summary in listed["study_summaries"]] == ["shown"]
+        study_id = listed["study_summaries"][0]["study_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=10) as response:
+            trials = json.load(response)["trials"]
+        offered = [artifact for trial in trials for artifact in trial["artifacts"]]
+        assert len(trials) == 3 and len(offered) == 1  # --keep-best 1: the others left the list too
+        kept = [trial for trial in trials if trial["artifacts"]][0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/artifacts/{study_id}/{kept['trial_id']}/"
+                                    f"{offered[0]['artifact_id']}", timeout=10) as response:
+            assert response.status == 200 and len(response.read()) > 1000
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -234,3 +234,28 @@ def test_a_full_database_disk_is_one_line_then_the_study_finishes(small_tablespa
     done = run_search("worker", *args, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert_clean_end(url, "full", 2, tmp_path / "a")
+
+
+def test_a_full_artifact_directory_requeues_the_trial_and_stops_with_one_line(postgres, medium_fashion_dir,
+                                                                               tmp_path):
+    url = postgres.new_database()
+    create_slow_study(url, "fullart", n_trials=2, epochs=3)
+    artifacts = tmp_path / "art"
+    artifacts.mkdir()
+    # Room for the start-up probe, not for one checkpoint of this model (~22 MB with Adam's state).
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(artifacts)], check=True)
+    try:
+        done = run_search("worker", *worker_args(url, "fullart", medium_fashion_dir, artifacts, 2, 3,
+                                                 heartbeat=BEAT, grace=GRACE), timeout=300)
+        assert done.returncode == 2, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "No space left on device" in lines[0], done.stderr
+        assert "free space in" in lines[0] and str(artifacts) in lines[0]
+        assert "re-queued as trial" in done.stdout
+        trials = optuna.load_study(study_name="fullart", storage=url).get_trials(deepcopy=False)
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.WAITING], (
+            [(t.number, t.state, t.system_attrs) for t in trials], done.stdout)
+        assert trials[0].system_attrs[keys.FAIL_CAUSE] == "stopped"
+        assert not [p for p in artifacts.rglob("*") if p.is_file()]  # no partial file left behind
+    finally:
+        subprocess.run(["umount", "--lazy", str(artifacts)], check=False)

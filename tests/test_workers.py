@@ -14,13 +14,36 @@ from tests.workers import (create_slow_study, logs, start_worker, states, system
                            worker_args)
 
 
-def test_four_workers_started_at_once_finish_exactly_the_budget(postgres, fashion_dir, tmp_path):
+def test_four_workers_started_at_once_finish_exactly_the_budget_within_the_disk_bound(postgres, fashion_dir,
+                                                                                      tmp_path):
     url = postgres.new_database()
-    args = worker_args(url, "race", fashion_dir, tmp_path / "artifacts", n_trials=10, epochs=2)
+    artifacts = tmp_path / "artifacts"
+    args = worker_args(url, "race", fashion_dir, artifacts, n_trials=10, epochs=2, extra=["--keep-best", "2"])
     logs_ = [tmp_path / f"worker{i}.log" for i in range(4)]
     workers = [start_worker(log, *args) for log in logs_]
-    codes = wait_all(workers, timeout=600)
-    assert codes == [0, 0, 0, 0], logs(logs_)
+    # The bound, sampled while they run: the best 2 weights (plus, for an instant, one per
+    # worker that just finished a trial) and at most 2 checkpoints per running trial (a
+    # new one is written before the old one goes).
+    rdb = optuna.storages.RDBStorage(url)
+    samples = 0
+    while any(worker.poll() is None for worker in workers):
+        checkpoints = list((artifacts / "checkpoints").glob("*")) if artifacts.is_dir() else []
+        weights = [path for path in artifacts.glob("*") if path.is_file()] if artifacts.is_dir() else []
+        try:
+            running = len(rdb.get_all_trials(rdb.get_study_id_from_name("race"), states=(TrialState.RUNNING,)))
+        except KeyError:
+            running = 0
+        assert len(weights) <= 2 + len(workers), weights
+        assert len(checkpoints) <= 2 * max(running, len(workers)), (checkpoints, running)
+        samples += 1
+        time.sleep(0.1)
+    rdb.engine.dispose()
+    assert [worker.wait() for worker in workers] == [0, 0, 0, 0], logs(logs_)
+    assert samples > 10
+    listed = {key.removeprefix(keys.ARTIFACTS_PREFIX) for t in optuna.load_study(study_name="race", storage=url).trials
+              for key in t.system_attrs if key.startswith(keys.ARTIFACTS_PREFIX)}
+    assert {path.name for path in artifacts.iterdir() if path.is_file()} == listed and len(listed) == 2
+    assert not list((artifacts / "checkpoints").iterdir())
 
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["race"]
     counts = states(url, "race")

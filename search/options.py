@@ -1,0 +1,114 @@
+"""Command-line options that also read ``SEARCH_*`` environment variables, checked up front.
+
+A value comes from its flag, else from its environment variable, else from its default.
+The environment is read only for the command being run, after parsing, so an unrelated
+bad variable (``SEARCH_N_TRIALS=abc`` while running ``search status``) is never touched,
+and a bad one is reported under its own name. Every converter rejects what the command
+could not use (a negative timeout, NaN, a seed out of range, an empty path), so bad
+input ends before anything is opened, created or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from search.errors import UserError
+
+DEFAULT_STORAGE = "sqlite:///search.db"  # the embedded default: a file, no server
+DEFAULT_ARTIFACTS = "search-artifacts"
+MAX_SEED = 2**32 - 1  # numpy's RandomState (inside Optuna's samplers) takes seeds below 2**32
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``search: error:`` line and exit 2 like every other."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..{MAX_SEED}")
+    return value
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..65535")
+    return value
+
+
+def text(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+@dataclass(frozen=True)
+class EnvDefault:
+    variable: str
+    convert: Callable[[str], Any]
+    default: Any
+
+
+FROM_ENV: dict[str, dict[str, EnvDefault]] = {}  # command -> option dest -> where its default comes from
+
+
+def add(parser: argparse.ArgumentParser, command: str, flag: str, env: str, help: str,
+        convert: Callable[[str], Any] = text, default: Any = None, **kwargs: Any) -> None:
+    """An option ``flag`` whose default is ``SEARCH_<env>``, else ``default``."""
+    shown = f" (default {default})" if default is not None else ""
+    action = parser.add_argument(flag, type=convert, default=None, help=f"{help}{shown} [SEARCH_{env}]", **kwargs)
+    FROM_ENV.setdefault(command, {})[action.dest] = EnvDefault(f"SEARCH_{env}", convert, default)
+
+
+def resolve(args: argparse.Namespace, required: tuple[str, ...] = ()) -> None:
+    """Fill options not given on the command line from the environment, then defaults."""
+    for dest, source in FROM_ENV.get(args.command, {}).items():
+        if getattr(args, dest) is not None:
+            continue
+        raw = os.environ.get(source.variable)
+        if raw is None:
+            setattr(args, dest, source.default)
+            continue
+        try:
+            setattr(args, dest, source.convert(raw))
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            raise UserError(f"{source.variable}={raw!r} (from the environment): {error}") from None
+    for dest in required:
+        if getattr(args, dest) is None:
+            variable = FROM_ENV[args.command][dest].variable
+            raise UserError(f"search {args.command} needs --{dest.replace('_', '-')} (or {variable})")
