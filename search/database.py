@@ -257,6 +257,16 @@ def storage_error(url: URL, error: BaseException) -> StorageError:
     return StorageError(f"{describe(url)}: {first_line(error)}; {fix}")
 
 
+def one_line_error(url: URL, error: BaseException, lost: Callable[[str], Exception], action: str) -> BaseException:
+    """What to raise for ``error``: ``lost`` (given the problem and ``action``) for a
+    transient database failure, a ``StorageError`` for any other; other errors unchanged."""
+    if not is_database_error(error):
+        return error
+    if is_transient(error):
+        return lost(f"{describe(url)} ({first_line(error)}); {action}")
+    return storage_error(url, error)
+
+
 class Health:
     """How long this process has reached the database without a connection failure."""
 

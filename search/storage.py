@@ -32,8 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import optuna_adapter
 from search.database import (
-    RECONNECT_PATIENCE_S, UNKNOWN, Database, describe, engine_kwargs, first_line, install_reply_timeout,
-    is_database_error, is_transient, parse_url, storage_error,
+    RECONNECT_PATIENCE_S, UNKNOWN, Database, describe, engine_kwargs, install_reply_timeout, is_database_error,
+    is_transient, one_line_error, parse_url,
 )
 from search.errors import DatabaseLost, UserError
 
@@ -63,12 +63,8 @@ class ResilientStorage(BaseStorage):
         try:
             return call()
         except Exception as error:
-            if not is_database_error(error):
-                raise
-            if is_transient(error):
-                raise DatabaseLost(f"lost the connection to {describe(self.database.url)} during a write "
-                                   f"that cannot be repeated safely ({first_line(error)})") from error
-            raise storage_error(self.database.url, error) from error
+            raise one_line_error(self.database.url, error, lambda problem: DatabaseLost(f"lost {problem}"),
+                                 "the write cannot be repeated safely: check what it did, then run again") from error
 
     # --- studies ----------------------------------------------------------------
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
@@ -206,12 +202,8 @@ def check_reachable(url: sqlalchemy.engine.URL, kwargs: dict[str, Any]) -> str:
     try:
         return optuna_adapter.schema_state(engine, Database(url))
     except Exception as error:
-        if not is_database_error(error):
-            raise
-        if is_transient(error):
-            raise UserError(f"cannot reach {describe(url)}: {first_line(error)}; check that the server runs "
-                            f"and the --storage URL (or SEARCH_STORAGE) is right") from None
-        raise storage_error(url, error) from None
+        raise one_line_error(url, error, lambda problem: UserError(f"cannot reach {problem}"),
+                             "check that the server runs and the --storage URL (or SEARCH_STORAGE) is right") from None
     finally:
         engine.dispose()
 
@@ -247,9 +239,8 @@ def open_storage(url_text: str, writable: bool = True, patience: float = RECONNE
             rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs,
                              skip_compatibility_check=True, skip_table_creation=True)
     except Exception as error:
-        if is_database_error(error):
-            raise storage_error(url, error) from error
-        raise
+        raise one_line_error(url, error, lambda problem: UserError(f"cannot reach {problem}"),
+                             "check that the server runs") from error
     storage = ResilientStorage(rdb, database, writable)
     if writable:
         optuna_adapter.schema_state(storage.transactions, database)

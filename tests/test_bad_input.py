@@ -29,8 +29,7 @@ import sqlalchemy
 
 from objectives import covtype
 from tests.bad_inputs import ROWS, Evil, build_world, read_only_mount
-from tests.postgres import free_port
-from tests.workers import REPO, run_search, search_env, wait_until
+from tests.workers import REPO, dashboard, run_search, search_env, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -154,25 +153,9 @@ def test_status_best_and_dashboard_only_read(world, tmp_path, postgres):
         assert status.returncode == 0 and "budget 2" in status.stdout, status.stderr
         best = run_search("best", "--study", "ready", "--storage", ro, "--json", cwd=tmp_path)
         assert best.returncode == 0 and json.loads(best.stdout)["study"] == "ready", best.stderr
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", ro,
-                                   "--artifacts", str(tmp_path / "ro" / "artifacts"), "--port", str(port)],
-                                  env=search_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            import urllib.request
-
-            def studies():
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                        return json.load(response)
-                except OSError:
-                    return None
-            listed = wait_until(studies, timeout=60, interval=0.5)
+        with dashboard(ro, tmp_path / "ro" / "artifacts", tmp_path) as get:
+            listed = json.loads(get("/api/studies"))
             assert [s["study_name"] for s in listed["study_summaries"]] == ["ready"]
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
         assert hashlib.sha256((copy / "ready.db").read_bytes()).hexdigest() == before
         assert sorted(p.name for p in copy.iterdir()) == ["artifacts", "ready.db"]
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 
 import optuna
 import pytest
 
 from search import keys
 from tests.postgres import free_port
-from tests.workers import one_error_line, run_search, search_env, system_attrs, wait_until
+from tests.workers import dashboard, one_error_line, run_search, system_attrs
 
 
 def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashion_dir):
@@ -110,32 +107,15 @@ def test_dashboard_serves_the_study_and_only_the_kept_weights(tmp_path, fashion_
     done = run_search("run", "--storage", storage, "--study", "shown", "--data-dir", str(fashion_dir),
                       "--n-trials", "3", "--epochs", "1", "--keep-best", "1", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", storage,
-                               "--artifacts", str(tmp_path / "search-artifacts"), "--port", str(port)],
-                              env=search_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        def studies():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                    return json.load(response)
-            except OSError:
-                return None
-
-        listed = wait_until(studies, timeout=60, interval=0.5)
+    with dashboard(storage, tmp_path / "search-artifacts", tmp_path) as get:
+        listed = json.loads(get("/api/studies"))
         assert [summary["study_name"] for summary in listed["study_summaries"]] == ["shown"]
         study_id = listed["study_summaries"][0]["study_id"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=10) as response:
-            trials = json.load(response)["trials"]
-        offered = [artifact for trial in trials for artifact in trial["artifacts"]]
+        trials = json.loads(get(f"/api/studies/{study_id}"))["trials"]
+        offered = [(trial["trial_id"], artifact) for trial in trials for artifact in trial["artifacts"]]
         assert len(trials) == 3 and len(offered) == 1  # --keep-best 1: the others left the list too
-        kept = [trial for trial in trials if trial["artifacts"]][0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/artifacts/{study_id}/{kept['trial_id']}/"
-                                    f"{offered[0]['artifact_id']}", timeout=10) as response:
-            assert response.status == 200 and len(response.read()) > 1000
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        trial_id, artifact = offered[0]
+        assert len(get(f"/artifacts/{study_id}/{trial_id}/{artifact['artifact_id']}")) > 1000
 
 
 def test_time_budget_stops_claiming_and_leaves_the_rest_of_the_budget(tmp_path, fashion_dir):

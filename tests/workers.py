@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -100,6 +102,35 @@ def system_attrs(storage: str, study: str) -> dict[str, object]:
         return rdb.get_study_system_attrs(rdb.get_study_id_from_name(study))
     finally:
         rdb.engine.dispose()
+
+
+@contextlib.contextmanager
+def dashboard(storage: str, artifacts: Path, cwd: Path) -> Iterator[Callable[[str], bytes]]:
+    """A running ``search dashboard``; yields ``get(path)``, the body of a 200 answer."""
+    from tests.postgres import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", storage,
+                               "--artifacts", str(artifacts), "--port", str(port)],
+                              env=search_env(), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            assert response.status == 200
+            return response.read()
+
+    def answers() -> bool:
+        try:
+            return bool(get("/api/studies"))
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, timeout=60, interval=0.5)
+        yield get
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def logs(paths: Sequence[Path]) -> str:
