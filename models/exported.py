@@ -20,6 +20,7 @@ import torch
 from models.mlp import MLPClassifier, build_mlp
 
 REQUIRED_ENTRIES = ("model_state_dict", "model_hyperparameters", "metadata")
+AGAIN = "the file was edited or damaged: export it again (search best --export)"
 METADATA_TYPES = {"objective": str, "study": str, "trial_number": int, "class_names": list,
                   "validation_accuracy": (int, float), "test_accuracy": (int, float), "params": dict,
                   "epochs": int, "preprocessing": dict, "library_versions": dict}
@@ -40,10 +41,12 @@ def refused_global(message: str) -> str:
 def read_exported(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load the exported dict with the restricted unpickler, on the CPU, and check its shape."""
     if not os.path.isfile(path):
-        raise ExportedModelError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
+        raise ExportedModelError(f"{path}: no such file; check the path" if not os.path.exists(path)
+                                 else f"{path}: not a file; give the path of an exported .pt file")
     if not zipfile.is_zipfile(path):
         raise ExportedModelError(f"{path}: not a PyTorch file (torch.save writes a zip archive; this is "
-                                 f"{os.path.getsize(path):,} bytes of something else)")
+                                 f"{os.path.getsize(path):,} bytes of something else); give a file written by "
+                                 f"search best --export")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -53,10 +56,12 @@ def read_exported(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     except Exception as error:  # torch raises many types for a damaged archive
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ExportedModelError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {first})") from None
+        raise ExportedModelError(f"{path}: not a readable PyTorch file ({type(error).__name__}: {first}); "
+                                 f"{AGAIN}") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_ENTRIES):
         raise ExportedModelError(
-            f"{path}: not an exported model (expected the entries {', '.join(REQUIRED_ENTRIES)})"
+            f"{path}: not an exported model (expected the entries {', '.join(REQUIRED_ENTRIES)}); "
+            f"give a file written by search best --export"
         )
     check_entries(path, payload)
     return payload
@@ -66,17 +71,17 @@ def check_entries(path: str | os.PathLike[str], payload: dict[str, Any]) -> None
     state, hyperparameters, metadata = (payload[key] for key in REQUIRED_ENTRIES)
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
-        raise ExportedModelError(f"{path}: model_state_dict must map parameter names to tensors")
+        raise ExportedModelError(f"{path}: model_state_dict must map parameter names to tensors; {AGAIN}")
     if not isinstance(hyperparameters, dict):
-        raise ExportedModelError(f"{path}: model_hyperparameters must be a dict")
+        raise ExportedModelError(f"{path}: model_hyperparameters must be a dict; {AGAIN}")
     if not isinstance(metadata, dict):
-        raise ExportedModelError(f"{path}: metadata must be a dict, not {type(metadata).__name__}")
+        raise ExportedModelError(f"{path}: metadata must be a dict, not {type(metadata).__name__}; {AGAIN}")
     for key, kind in METADATA_TYPES.items():
         if key in metadata and metadata[key] is not None and not isinstance(metadata[key], kind):
             raise ExportedModelError(f"{path}: metadata entry {key!r} is a {type(metadata[key]).__name__}, "
-                                     f"not a {getattr(kind, '__name__', 'number')}; the file was edited or damaged")
+                                     f"not a {getattr(kind, '__name__', 'number')}; {AGAIN}")
     if not all(isinstance(name, str) for name in metadata.get("class_names") or []):
-        raise ExportedModelError(f"{path}: metadata entry 'class_names' must list strings")
+        raise ExportedModelError(f"{path}: metadata entry 'class_names' must list strings; {AGAIN}")
 
 
 def load_exported(path: str | os.PathLike[str]) -> MLPClassifier:
@@ -85,7 +90,7 @@ def load_exported(path: str | os.PathLike[str]) -> MLPClassifier:
     try:
         model = build_mlp(payload["model_hyperparameters"])
     except (ValueError, TypeError) as error:
-        raise ExportedModelError(f"{path}: model_hyperparameters: {error}") from None
+        raise ExportedModelError(f"{path}: model_hyperparameters: {error}; {AGAIN}") from None
     expected, state = model.state_dict(), payload["model_state_dict"]
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
@@ -96,6 +101,6 @@ def load_exported(path: str | os.PathLike[str]) -> MLPClassifier:
                              for label, items in (("missing", missing), ("unexpected", unexpected),
                                                   ("wrong shape", reshaped)) if items)
         raise ExportedModelError(f"{path}: model_state_dict does not fit model_hyperparameters ({problems}); "
-                                 f"the file was edited or mixes two models")
+                                 f"{AGAIN}")
     model.load_state_dict(state)
     return model.eval()

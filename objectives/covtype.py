@@ -48,7 +48,8 @@ def read_uci(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as error:
         raise DataError(f"{path}: not the UCI covtype format ({error}); download it again") from None
     if table.shape[1] != N_FEATURES + 1:
-        raise DataError(f"{path}: rows have {table.shape[1]} columns, the UCI format has {N_FEATURES + 1}")
+        raise DataError(f"{path}: rows have {table.shape[1]} columns, the UCI format has {N_FEATURES + 1}; "
+                        f"download it again")
     return table[:, :N_FEATURES], table[:, N_FEATURES]
 
 
@@ -108,7 +109,8 @@ def load(data_dir: str | os.PathLike[str] | None) -> Dataset:
     samples, targets = read_raw(directory)
     labels = torch.as_tensor(np.asarray(targets), dtype=torch.long) - 1
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
-        raise DataError(f"CoverType labels in {directory} are not all in 1..{len(CLASS_NAMES)}")
+        raise DataError(f"CoverType labels in {directory} are not all in 1..{len(CLASS_NAMES)}; this is not "
+                        f"the UCI covtype data: download it again")
     features = torch.as_tensor(np.asarray(samples, dtype=np.float32))
     if not torch.isfinite(features).all():
         raise DataError(f"{directory}: the CoverType samples hold NaN or infinite values; download them again")

@@ -112,7 +112,8 @@ def command_work(args: argparse.Namespace) -> int:
         raise UnknownObjective(args.objective)
     if args.grace_period < 2 * args.heartbeat_interval:
         raise UserError(f"--grace-period {args.grace_period:g} must be at least twice --heartbeat-interval "
-                        f"({args.heartbeat_interval:g}), or live workers would be taken for dead")
+                        f"({args.heartbeat_interval:g}), or live workers would be taken for dead; raise --grace-period or "
+                        f"lower --heartbeat-interval")
     check_device(args.device)
     config = WorkerConfig(
         storage=args.storage, study=args.study or args.objective, objective=args.objective,
@@ -163,9 +164,9 @@ def command_dashboard(args: argparse.Namespace) -> int:
 
 def command_best(args: argparse.Namespace) -> int:
     if args.retrain and args.export is None:
-        raise UserError("--retrain needs --export PATH to write the retrained model to")
+        raise UserError("--retrain needs somewhere to write the retrained model; add --export PATH")
     if args.force and args.export is None:
-        raise UserError("--force only applies to --export PATH")
+        raise UserError("--force only applies to --export; add --export PATH or drop --force")
     from search.export import command_best as best
 
     return best(args)

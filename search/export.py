@@ -202,13 +202,14 @@ def command_evaluate(args: argparse.Namespace) -> int:
     objective = metadata.get("objective")
     if objective not in DATASET_INFO:
         raise ExportedModelError(f"{args.path}: its metadata names objective {objective!r}, not one of "
-                                 f"{', '.join(DATASET_INFO)}; it was not exported by search")
+                                 f"{', '.join(DATASET_INFO)}; give a file written by search best --export")
     model = load_exported(args.path)
     test = load_dataset(objective, args.data_dir).test
     width = model[1].in_features if len(model) > 1 else None
     if width != test.features.shape[1]:
         raise ExportedModelError(f"{args.path}: the model takes {width} inputs, but {objective} test samples "
-                                 f"have {test.features.shape[1]}; the file was edited or mixes two models")
+                                 f"have {test.features.shape[1]}; the file was edited or mixes two models: "
+                                 f"export it again")
     predictions = predict(model, test.features)
     class_names = metadata.get("class_names") or [str(i) for i in range(int(test.labels.max()) + 1)]
     per_class = {}

@@ -96,8 +96,10 @@ def resolve(args: argparse.Namespace, required: tuple[str, ...] = ()) -> None:
         try:
             setattr(args, dest, source.convert(raw))
         except (argparse.ArgumentTypeError, ValueError) as error:
-            raise UserError(f"{source.variable}={raw!r} (from the environment): {error}") from None
+            raise UserError(f"{source.variable}={raw!r} (from the environment): {error}; fix or unset "
+                            f"{source.variable}") from None
     for dest in required:
         if getattr(args, dest) is None:
             variable = FROM_ENV[args.command][dest].variable
-            raise UserError(f"search {args.command} needs --{dest.replace('_', '-')} (or {variable})")
+            raise UserError(f"search {args.command} needs a {dest.replace('_', ' ')}; pass "
+                            f"--{dest.replace('_', '-')} NAME (or set {variable})")

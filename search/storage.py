@@ -175,7 +175,8 @@ def sqlite_path(url: sqlalchemy.engine.URL, writable: bool) -> Path | None:
     if not writable:
         raise UserError(f"no SQLite file {path}; check --storage (search run or search worker creates it)")
     if not directory.is_dir():
-        raise UserError(f"cannot create {describe(url)}: directory {directory} does not exist")
+        raise UserError(f"cannot create {describe(url)}: directory {directory} does not exist; create it or "
+                        f"pass another --storage path")
     if not os.access(directory, os.W_OK):
         raise UserError(f"cannot create {describe(url)}: directory {directory} is not writable; "
                         f"pass another --storage path")

@@ -66,6 +66,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, name, argv, exp
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("search: error: "), done.stderr
     assert expected.format(**places) in lines[0], lines[0]
+    assert "; " in lines[0], f"no fix after the problem: {lines[0]}"  # "<what is wrong>; <what to do>"
     assert "Traceback" not in done.stdout + done.stderr
     assert snapshot(root, pg_urls) == before
     assert not (root / "pwned").exists(), "a data or model file ran code"

@@ -28,6 +28,7 @@ def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashi
     assert "best: trial" in out and "search best --study fashion_mnist" in out
     study = optuna.load_study(study_name="fashion_mnist", storage=f"sqlite:///{tmp_path / 'search.db'}")
     assert len(study.trials) == 3
+    assert study.metric_names == [keys.METRIC_NAME]  # the dashboard labels the value "val_accuracy"
 
     status = run_search("status", "--study", "fashion_mnist", cwd=tmp_path)
     assert status.returncode == 0 and "complete 3" in status.stdout.replace("  ", " ")

@@ -181,6 +181,31 @@ def test_a_30_s_server_stop_fails_no_trial(postgres, medium_fashion_dir, tmp_pat
     assert_clean_end(url, "serverstop", 3, tmp_path / "a")
 
 
+def test_an_outage_past_the_patience_ends_workers_and_retries_each_trial_once(postgres, medium_fashion_dir,
+                                                                             tmp_path):
+    url = postgres.new_database()
+    create_slow_study(url, "longoutage", n_trials=2, epochs=4)
+    args = worker_args(url, "longoutage", medium_fashion_dir, tmp_path / "a", 2, 4, heartbeat=BEAT, grace=GRACE,
+                       extra=["--db-patience", "5"])
+    paths = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    workers = [start_worker(path, *args) for path in paths]
+    wait_until(lambda: running_with_checkpoint(url, "longoutage"), timeout=120)
+    running = optuna.load_study(study_name="longoutage", storage=url).get_trials(states=(TrialState.RUNNING,))
+    postgres.pg_ctl("stop")
+    try:
+        codes = wait_all(workers, timeout=120)
+    finally:
+        postgres.pg_ctl("start")
+    assert codes == [1, 1], logs(paths)
+    for path in paths:  # one line each, naming the storage and what happens next
+        assert "unreachable for 5 s" in path.read_text() and "restart this worker" in path.read_text()
+    survivor = start_worker(tmp_path / "after.log", *args)
+    assert survivor.wait(timeout=300) == 0, logs([tmp_path / "after.log"])
+    trials = assert_clean_end(url, "longoutage", 2, tmp_path / "a", crashed=len(running))
+    assert all(t.system_attrs.get(keys.RETRY_HISTORY, [None]) == [t.system_attrs.get(keys.FAILED_TRIAL)]
+               for t in trials if t.state != TrialState.FAIL)  # one retry each, no more
+
+
 @pytest.fixture
 def small_tablespace(postgres: PostgresServer) -> Iterator[tuple[str, Path]]:
     """A database whose tables live on an 8 MB filesystem (its WAL does not): a full disk
