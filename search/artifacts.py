@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from search import keys, optuna_adapter
 from search.errors import UserError
+from search.history import History
 
 CHECKPOINT_DIR = "checkpoints"
 TOKEN_LENGTH = 12
@@ -54,6 +54,8 @@ def save_atomically(path: Path, payload: Any) -> None:
     """``torch.save`` to ``path`` so that a reader (or a crash) never sees half a file, and a
     failure (a full disk) leaves no file and raises OSError. The bytes are made in memory
     first: torch's own file writer reports a full disk as a RuntimeError."""
+    import torch  # here, not at the top: the worker loop runs without torch in the scale benchmarks
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -79,6 +81,8 @@ def write_atomically(path: Path, payload: Any) -> None:
 
 def read_tensors(path: Path | io.BufferedReader) -> dict[str, Any]:
     """Read a file written by ``torch.save``, refusing anything but plain data."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -89,7 +93,7 @@ class ArtifactDirectory:
         self.root = Path(path)
         self.checkpoints = self.root / CHECKPOINT_DIR
         self.store = FileSystemArtifactStore(str(self.root))  # what optuna-dashboard reads
-        self.dropped: set[str] = set()  # weights this process already removed
+        self.checked: set[int] = set()  # trial numbers whose weights this process has removed
 
     def create(self) -> None:
         try:
@@ -130,7 +134,7 @@ class ArtifactDirectory:
                 (self.checkpoints / pointer["file"]).unlink(missing_ok=True)
 
     # --- weights --------------------------------------------------------------------
-    def save_weights(self, token: str, trial: optuna.Trial, model: torch.nn.Module,
+    def save_weights(self, token: str, trial: optuna.Trial, model: Any,
                      model_hyperparameters: dict[str, Any]) -> str:
         owner = optuna_adapter.trial_id(trial)
         artifact_id = f"{token}-{owner:x}-{uuid.uuid4()}"  # hex and dashes: the dashboard's URL form
@@ -145,18 +149,16 @@ class ArtifactDirectory:
             raise
         return artifact_id
 
-    def keep_best(self, study: optuna.Study, slots: optuna_adapter.Slots, keep: int) -> None:
-        """Remove the weights, and their dashboard entries, of completed trials outside the best ``keep``."""
-        completed = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if weights_ids(trial)]
-        completed.sort(key=lambda trial: (-trial.value, trial.number))
-        for trial in completed[keep:]:
+    def keep_best(self, history: History, slots: optuna_adapter.Slots, keep: int) -> None:
+        """Remove the weights, and their dashboard entries, of completed trials outside the
+        best ``keep``. Each trial is looked at once after it falls out of the best."""
+        for _, number, trial in history.ranked[keep:]:
+            if number in self.checked:
+                continue
+            self.checked.add(number)
             for artifact_id in weights_ids(trial):
-                if artifact_id in self.dropped:
-                    continue
                 slots.unregister_artifact(optuna_adapter.trial_id(trial), artifact_id)
                 (self.root / artifact_id).unlink(missing_ok=True)
-                self.dropped.add(artifact_id)
 
     # --- the bound ------------------------------------------------------------------
     def files(self) -> Iterator[Path]:

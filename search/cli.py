@@ -106,7 +106,8 @@ def command_work(args: argparse.Namespace) -> int:
     parse_url(args.storage)  # before the slow imports below: a typo in the URL is the commonest mistake
 
     from objectives import OBJECTIVES, UnknownObjective
-    from search.worker import WorkerConfig, check_device, run_worker
+    from search.training import check_device
+    from search.worker import WorkerConfig, run_worker
 
     if args.objective not in OBJECTIVES:
         raise UnknownObjective(args.objective)

@@ -10,6 +10,11 @@ database errors into this project's errors.
 * ``Database.retrying`` retries transient failures for up to the reconnect patience. A
   write whose reply was lost may or may not have committed: the caller passes a
   ``resolve`` that reads the outcome back before anything is written again.
+* Every PostgreSQL transaction starts with its limits (``limit_transactions``: lock
+  timeout, idle-in-transaction timeout, read-only where asked) as ``SET LOCAL``, not as
+  session settings: behind a transaction-pooling PgBouncer each transaction may run on
+  another server connection, and PgBouncer refuses or drops the ``options`` startup
+  parameter. The same code then runs direct and pooled.
 * ``Health`` tracks how long this process has seen the database without interruption;
   a worker declares other workers dead only after a whole grace period of that, so after
   an outage the live ones get their heartbeats in first.
@@ -174,10 +179,22 @@ def postgres_connect_args() -> dict[str, Any]:
         "connect_timeout": CONNECT_TIMEOUT_S,
         # application_name shows each worker's connections in pg_stat_activity.
         "application_name": f"hpsearch/{os.getpid()}",
-        "options": f"-c lock_timeout={LOCK_TIMEOUT_S * 1000} "
-                   f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
         "keepalives_idle": 30,
     }
+
+
+def limit_transactions(engine: sqlalchemy.Engine, read_only: bool = False) -> sqlalchemy.Engine:
+    """Start every transaction on ``engine`` with its limits (see the module docstring)."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    limits = ("SET TRANSACTION READ ONLY; " if read_only else "") + (
+        f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_S * 1000}; "
+        f"SET LOCAL idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_S * 1000}")
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _limits(connection: sqlalchemy.Connection) -> None:
+        connection.exec_driver_sql(limits)
+    return engine
 
 
 def engine_kwargs(url: URL) -> dict[str, Any]:
@@ -198,7 +215,8 @@ def single_connection_engine(url: URL) -> sqlalchemy.Engine:
     """An engine without a pool, for short one-off connections (checks, locks)."""
     if url.get_backend_name() == "sqlite":
         return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args={"timeout": 60})
-    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=postgres_connect_args())
+    return limit_transactions(sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                                       connect_args=postgres_connect_args()))
 
 
 # --- errors -----------------------------------------------------------------------

@@ -143,7 +143,7 @@ def command_best(args: argparse.Namespace) -> int:
     if export is not None:
         check_writable(export, args.force)
     if args.retrain:
-        from search.worker import check_device
+        from search.training import check_device
 
         check_device(args.device)
     study = load_existing(open_storage(args.storage, writable=False), args.study)

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import optuna_adapter
 from search.database import (
     RECONNECT_PATIENCE_S, UNKNOWN, Database, describe, engine_kwargs, install_reply_timeout, is_database_error,
-    is_transient, one_line_error, parse_url,
+    is_transient, limit_transactions, one_line_error, parse_url,
 )
 from search.errors import DatabaseLost, UserError
 
@@ -46,6 +46,8 @@ class ResilientStorage(BaseStorage):
         self.database = database
         self.cache = optuna_adapter.cached(rdb)
         self.transactions = optuna_adapter.transaction_engine(rdb, database) if writable else rdb.engine
+        self.trial_studies: dict[int, int] = {}  # this worker's trials -> their study
+        self.distributions: dict[tuple[int | None, str], optuna.distributions.BaseDistribution] = {}
 
     def slots(self, study: optuna.Study) -> optuna_adapter.Slots:
         return optuna_adapter.Slots(self.transactions, self.database, study)
@@ -111,8 +113,15 @@ class ResilientStorage(BaseStorage):
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: optuna.distributions.BaseDistribution) -> None:
-        # A repeated insert hits the (trial, param) unique key, which Optuna ignores.
-        self._retry(lambda: self.cache.set_trial_param(trial_id, param_name, param_value_internal, distribution))
+        # A repeated insert hits the (trial, param) unique key, which Optuna ignores. The
+        # distribution the study's earlier trials had is remembered per (study, parameter)
+        # for this worker's own trials; Optuna checks the new one against it.
+        known = (self.trial_studies.get(trial_id), param_name)
+        previous = self.distributions.get(known) if known[0] is not None else None
+        self._retry(lambda: optuna_adapter.set_param(self.rdb, trial_id, param_name, param_value_internal,
+                                                     distribution, previous))
+        if known[0] is not None:
+            self.distributions.setdefault(known, distribution)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
@@ -185,14 +194,11 @@ def sqlite_path(url: sqlalchemy.engine.URL, writable: bool) -> Path | None:
 
 def read_only_engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
     """Connections that cannot write: SQLite opened read-only (works on a read-only mount,
-    creates no journal), PostgreSQL transactions read-only by default."""
+    creates no journal); PostgreSQL's are made read-only by ``limit_transactions``."""
     kwargs = engine_kwargs(url)
     if url.get_backend_name() == "sqlite":
         location = f"file:{quote(str(Path(url.database).expanduser().resolve()))}?mode=ro"
         kwargs["creator"] = lambda: sqlite3.connect(location, uri=True, timeout=60, check_same_thread=False)
-    else:
-        args = kwargs["connect_args"]
-        args["options"] += " -c default_transaction_read_only=on"
     return kwargs
 
 
@@ -242,6 +248,7 @@ def open_storage(url_text: str, writable: bool = True, patience: float = RECONNE
     except Exception as error:
         raise one_line_error(url, error, lambda problem: UserError(f"cannot reach {problem}"),
                              "check that the server runs") from error
+    limit_transactions(rdb.engine, read_only=not writable)
     storage = ResilientStorage(rdb, database, writable)
     if writable:
         optuna_adapter.schema_state(storage.transactions, database)

@@ -15,19 +15,19 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import optuna
-import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from objectives import Dataset, EpochHooks, ObjectiveSettings, load_dataset, make_objective, space
-from objectives.trainer import Trainer
 from search import keys, optuna_adapter
-from search.artifacts import ArtifactDirectory, ArtifactStoreError, check_artifact_directory
+from search.artifacts import ArtifactStoreError, check_artifact_directory
 from search.database import RECONNECT_PATIENCE_S
-from search.errors import SearchError, UserError
+from search.errors import SearchError
 from search.heartbeat import Heartbeat
+from search.history import History
+from search.sampling import BoundedSampler, HistoryMedianPruner
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
 from search.study import StudySpec, check_existing, join_study
@@ -57,143 +57,107 @@ class WorkerConfig:
     db_patience: float = RECONNECT_PATIENCE_S
 
 
-def check_device(requested: str) -> None:
-    """Refuse a device this machine cannot use, before anything is opened or written."""
-    if requested in ("auto", "cpu"):
-        return
-    kind, colon, index = requested.partition(":")
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            shown = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
-            raise UserError(f"--device {requested}: no CUDA GPU is visible here{shown}; use --device cpu or auto")
-        if colon and not (index.isdigit() and int(index) < count):
-            raise UserError(f"--device {requested}: this machine has {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
-        return
-    raise UserError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:N")
+class Workload(Protocol):
+    """What a worker trains: ``search.training.Training`` (the real objectives), or a
+    synthetic stand-in in the scale benchmarks."""
 
+    def check(self) -> None:
+        """Everything about the data, checked before anything is written anywhere."""
 
-def choose_device(requested: str, worker_index: int) -> torch.device:
-    """``auto``/``cuda``: GPU (index mod visible GPUs) when there is one; else as given."""
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", worker_index % torch.cuda.device_count())
-    return torch.device("cpu" if requested == "auto" else requested)
-
-
-class ServiceHooks(EpochHooks):
-    """Seeds, checkpoints, final weights and progress lines around the objective's epochs."""
-
-    def __init__(self, dataset: Dataset, directory: ArtifactDirectory, token: str, epochs: int, every: int,
-                 say: Callable[[str], None]) -> None:
-        self.dataset = dataset
-        self.directory = directory
-        self.token = token
-        self.epochs = epochs
-        self.every = every
-        self.say = say
-        self.epoch_started = time.monotonic()
-
-    def trial_seed(self, trial: optuna.Trial, base_seed: int) -> int:
-        # Kept with the trial, so its retries (which inherit user attrs) train the same way.
-        seed = trial.user_attrs.get(keys.SEED)
-        if seed is None:
-            seed = super().trial_seed(trial, base_seed)
-            trial.set_user_attr(keys.SEED, seed)
-        return int(seed)
-
-    def resume(self, trial: optuna.Trial, trainer: Trainer) -> None:
-        self.epoch_started = time.monotonic()
-        latest = self.directory.latest_checkpoint(trial)
-        if latest is None:
-            return
-        state, pointer = latest
-        trainer.load_state_dict(state)
-        trial.set_user_attr(keys.RESUMED_FROM, pointer["epoch"])
-        self.say(f"trial {trial.number}: resumed from the epoch-{pointer['epoch']} checkpoint "
-                 f"written by trial {pointer.get('trial', '?')}")
-
-    def epoch_end(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float,
-                  train_loss: float, last: bool) -> None:
-        elapsed = time.monotonic() - self.epoch_started
-        epoch = trainer.epochs_done
-        self.say(f"trial {trial.number} epoch {epoch}/{self.epochs}: val_acc {val_accuracy:.2%} "
-                 f"train_loss {train_loss:.4f} ({elapsed:.1f} s)")
-        if not last and epoch % self.every == 0:
-            self.directory.save_checkpoint(self.token, trial, trainer.state_dict(), epoch)
-        self.epoch_started = time.monotonic()
-
-    def finished(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float) -> None:
-        hyperparameters = space.model_hyperparameters(trial.params, self.dataset)
-        self.directory.save_weights(self.token, trial, trainer.model, hyperparameters)
+    def objective(self, worker: Worker) -> Callable[[optuna.Trial], float]:
+        """The objective, once the worker has joined (it knows its index and directory)."""
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, say: Callable[[str], None]) -> None:
+    def __init__(self, config: WorkerConfig, say: Callable[[str], None], workload: Workload | None = None) -> None:
+        if workload is None:
+            from search.training import Training  # torch is imported here, not for the loop
+
+            workload = Training(config)
+        self.workload = workload
         self.config = config
         self.tag = "[worker]"
         self.say_raw = say
         self.signals = StopSignals()
         self.identity = f"{socket.gethostname()}/{os.getpid()}"
+        self.device = "cpu"  # the workload sets where it trains
 
     def say(self, line: str) -> None:
         self.say_raw(f"{self.tag} {line}")
 
-    def run(self) -> optuna.Study:
+    def join(self) -> None:
+        """Check everything, then join the study. Everything is checked before the first
+        write: the study (read-only), the data, the artifact directory; only then are
+        tables created and the study joined."""
         config = self.config
         spec = StudySpec(config.study, config.objective, config.epochs)
-        # Everything is checked before the first write: the study (read-only), the data, the
-        # artifact directory; only then are tables created and the study joined.
         existing = open_storage(config.storage, writable=False, missing_ok=True)
         if existing is not None:
             check_existing(existing, spec)
             existing.close()
-        dataset = load_dataset(config.objective, config.data_dir)
-        directory = check_artifact_directory(config.artifacts)
-        storage = open_storage(config.storage, patience=config.db_patience, notify=self.say)
-        study, index, token = join_study(storage, spec, config.n_trials, config.seed)
-        directory.create()
-        device = choose_device(config.device, index)
-        self.tag = f"[worker {index}]"
-        self.storage, self.study, self.directory, self.token = storage, study, directory, token
-        self.slots = storage.slots(study)
-        hooks = ServiceHooks(dataset, directory, token, config.epochs, config.checkpoint_every, self.say)
-        objective = make_objective(dataset, ObjectiveSettings(config.epochs, device, config.seed), hooks)
-        labels = {keys.WORKER: self.identity, keys.DEVICE: str(device)}
+        self.workload.check()
+        self.directory = check_artifact_directory(config.artifacts)
+        self.storage = open_storage(config.storage, patience=config.db_patience, notify=self.say)
+        self.study, self.index, self.token = join_study(self.storage, spec, config.n_trials, config.seed)
+        self.directory.create()
+        self.tag = f"[worker {self.index}]"
+        self.slots = self.storage.slots(self.study)
+        # Sampling and pruning read this worker's incremental view of the study.
+        self.history = History(self.storage, self.study, seed=self.index)
+        self.study.sampler = BoundedSampler(self.study.sampler, self.history)
+        self.study.pruner = HistoryMedianPruner(self.history)
+        optuna_adapter.faster_tpe()
+
+    def run(self) -> optuna.Study:
+        config = self.config
+        self.join()
+        objective = self.workload.objective(self)
         progress = self.slots.progress()
         self.say(f"joined study {config.study!r} ({config.objective}, {config.epochs} epochs/trial, "
-                 f"budget {progress.budget}, {progress.finished} finished) as {self.identity} on {device}")
-        directory.sweep(self.slots, token)
+                 f"budget {progress.budget}, {progress.finished} finished) as {self.identity} on {self.device}")
+        self.directory.sweep(self.slots, self.token)
         with self.signals.installed():
-            self.loop(objective, labels)
+            self.loop(objective, self.labels)
+        directory, token = self.directory, self.token
         progress = self.slots.progress()
         if progress.done:
             directory.sweep(self.slots, token)
             self.say(f"study {config.study!r} finished: {progress.finished} trials ({progress.complete} complete, "
                      f"{progress.pruned} pruned, {progress.failed} failed)")
-        return study
+        return self.study
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {keys.WORKER: self.identity, keys.DEVICE: self.device}
 
     def loop(self, objective: Callable[[optuna.Trial], float], labels: dict[str, str]) -> None:
         config = self.config
         deadline = time.monotonic() + config.timeout if config.timeout else None
         announced_wait = False
         while deadline is None or time.monotonic() < deadline:
-            self.signals.check()
-            self.requeue_stale()
-            with self.signals.deferred():
-                claimed = self.slots.claim(self.identity)
-            if claimed is not None and FAULT_PAUSE_AFTER_CLAIM in os.environ:
-                time.sleep(float(os.environ[FAULT_PAUSE_AFTER_CLAIM]))  # tests kill -9 the worker here
-            if claimed is None:
-                if self.slots.progress().done:
-                    return
-                if not announced_wait:
-                    self.say("no trial to claim; waiting for the running ones (to retry any whose worker dies)")
-                    announced_wait = True
-                time.sleep(min(config.heartbeat_interval, 5))
+            if self.step(objective, labels):
+                announced_wait = False
                 continue
-            announced_wait = False
-            self.run_trial(claimed, objective, labels)
+            if self.slots.progress().done:
+                return
+            if not announced_wait:
+                self.say("no trial to claim; waiting for the running ones (to retry any whose worker dies)")
+                announced_wait = True
+            time.sleep(min(config.heartbeat_interval, 5))
+
+    def step(self, objective: Callable[[optuna.Trial], float], labels: dict[str, str]) -> bool:
+        """Claim one trial and run it to its end; False when there was none to claim."""
+        self.signals.check()
+        self.requeue_stale()
+        with self.signals.deferred():
+            claimed = self.slots.claim(self.identity)
+        if claimed is None:
+            return False
+        if FAULT_PAUSE_AFTER_CLAIM in os.environ:
+            time.sleep(float(os.environ[FAULT_PAUSE_AFTER_CLAIM]))  # tests kill -9 the worker here
+        self.history.refresh()
+        self.run_trial(claimed, objective, labels)
+        return True
 
     def requeue_stale(self) -> None:
         """Fail and re-queue trials whose workers went silent, but only after this process
@@ -233,7 +197,8 @@ class Worker:
                     self.say(f"{name} re-queued as trial {successor}: {stop}")
                 raise
         if outcome is not None:
-            self.directory.keep_best(self.study, self.slots, self.config.keep_best)
+            self.history.refresh()
+            self.directory.keep_best(self.history, self.slots, self.config.keep_best)
             self.say(f"trial {trial.number} complete: val_acc {outcome:.2%} in {time.monotonic() - started:.0f} s "
                      f"(best so far {self.study.best_value:.2%}, trial {self.study.best_trial.number})")
 

@@ -1,0 +1,157 @@
+"""What the service spends around one trial, as the study grows: this project against plain Optuna.
+
+One run, one throwaway PostgreSQL server. Two studies grow side by side to 100, 1,000,
+5,000 and 10,000 finished trials (the same synthetic history in both: params from the
+real search space, 5 intermediate values, ~30 % pruned). At each size, ``--trials``
+timed lifecycles per study, no training:
+
+* this project: one turn of the real worker loop (``Worker.step``): stale check, claim
+  (with its first heartbeat), history refresh, heartbeat thread, the real search
+  space's ``suggest`` and the attrs a worker writes, 5 x (report + should_prune),
+  clearing the checkpoint pointer, ``tell``, keep-best and the progress line;
+* plain Optuna: ``optuna.load_study`` on ``get_storage(url)`` (Optuna's cached RDB
+  storage), ``ask``, the same ``suggest``, 5 x (report + should_prune), ``tell``;
+
+both with ``search.study.make_sampler`` / ``make_pruner`` settings. Prints median and
+p95 per size and the ratios the Scale issue asks for.
+
+    python bench/service_overhead.py [--sizes 100 1000 5000 10000] [--trials 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.synthetic import EPOCHS, NoTraining, accuracy, report_and_prune  # noqa: E402
+from objectives import space  # noqa: E402
+from search import keys, optuna_adapter  # noqa: E402
+from search.study import make_pruner, make_sampler  # noqa: E402
+from search.worker import Worker, WorkerConfig  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
+
+
+def history(n: int, seed: int) -> list[optuna.trial.FrozenTrial]:
+    """``n`` finished trials shaped like a real study's: sampled params, 5 epochs, some pruned."""
+    rng = random.Random(seed)
+    sampler_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    made = []
+    for _ in range(n):
+        trial = sampler_study.ask()
+        params = space.suggest(trial)
+        quality = accuracy(params, rng)
+        pruned = rng.random() < 0.3
+        steps = range(1, (2 if pruned else EPOCHS) + 1)
+        values = {step: quality - 0.1 / step for step in steps}
+        made.append(optuna.trial.create_trial(
+            params=params, distributions=trial.distributions, intermediate_values=values,
+            state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+            value=None if pruned else values[EPOCHS]))
+        sampler_study.tell(trial, 0.0)
+    return made
+
+
+def project_lifecycle(worker: Worker) -> Callable[[], None]:
+    """One turn of the worker loop: stale check, claim, history refresh, heartbeat thread,
+    the objective, clearing the checkpoint pointer, tell, keep-best, the progress line."""
+    objective = worker.workload.objective(worker)
+
+    def once() -> None:
+        assert worker.step(objective, worker.labels)
+    return once
+
+
+def plain_lifecycle(study: optuna.Study) -> Callable[[], None]:
+    rng = random.Random(0)
+
+    def once() -> None:
+        trial = study.ask()
+        final = accuracy(space.suggest(trial), rng)
+        pruned = report_and_prune(trial, final)
+        study.tell(trial, None if pruned else final, state=TrialState.PRUNED if pruned else TrialState.COMPLETE)
+    return once
+
+
+def timed(lifecycle: Callable[[], None], n: int) -> list[float]:
+    lifecycle()  # warm-up
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        lifecycle()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000, 10000])
+    parser.add_argument("--trials", type=int, default=40, help="timed lifecycles per size and study")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    server = PostgresServer()
+    server.start()
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="hpsearch-overhead-"))
+    try:
+        project_url, plain_url = server.new_database(), server.new_database()
+        worker = Worker(WorkerConfig(storage=project_url, study="overhead", objective="fashion_mnist",
+                                     epochs=EPOCHS, n_trials=1, data_dir=None, artifacts=str(work)),
+                        say=lambda line: None, workload=NoTraining())
+        worker.join()
+        project = worker.study
+        plain = optuna.create_study(study_name="overhead", storage=optuna.storages.get_storage(plain_url),
+                                    direction="maximize", sampler=make_sampler(0), pruner=make_pruner())
+        made = history(max(args.sizes), seed=0)
+        for size in args.sizes:
+            # Both studies hold exactly `size` finished trials plus the ones timed before.
+            for study in (project, plain):
+                have = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+                study.add_trials(made[min(have, size):size])
+            project.set_user_attr(keys.BUDGET, size + 10 * args.trials)
+            optuna_adapter.faster_tpe()
+            ours = timed(project_lifecycle(worker), args.trials)
+            optuna_adapter.faster_tpe(enable=False)  # plain Optuna as it ships
+            theirs = timed(plain_lifecycle(plain), args.trials)
+            rows.append((size, ours, theirs))
+            print(f"  {size:>6} trials: project {1e3 * statistics.median(ours):7.1f} ms, "
+                  f"plain Optuna {1e3 * statistics.median(theirs):7.1f} ms", flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def p95(values: list[float]) -> float:
+        return sorted(values)[max(0, math.ceil(0.95 * len(values)) - 1)]
+
+    print(f"\n== per-trial service overhead, PostgreSQL on localhost, {args.trials} lifecycles per cell, "
+          f"no training ({time.perf_counter() - started:.0f} s in all)")
+    print(f"{'trials in study':>15} | {'project median':>14} {'p95':>8} | {'plain Optuna median':>19} {'p95':>8} | "
+          f"{'project / plain':>15}")
+    for size, ours, theirs in rows:
+        print(f"{size:>15,} | {1e3 * statistics.median(ours):11.1f} ms {1e3 * p95(ours):5.1f} ms | "
+              f"{1e3 * statistics.median(theirs):16.1f} ms {1e3 * p95(theirs):5.1f} ms | "
+              f"{statistics.median(ours) / statistics.median(theirs):14.2f}x")
+    first, last = rows[0][1], rows[-1][1]
+    print(f"\nproject at {rows[-1][0]:,} trials: {1e3 * statistics.median(last):.1f} ms median "
+          f"(target <= 60 ms), {statistics.median(last) / statistics.median(first):.2f}x its figure at "
+          f"{rows[0][0]:,} trials (target <= 1.5x)")
+
+
+if __name__ == "__main__":
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore")
+    main()

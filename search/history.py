@@ -1,0 +1,112 @@
+"""A worker's in-memory view of its study, kept up to date by reading only what changed.
+
+Sampling and pruning used to read every trial from the database several times per
+trial, and TPE fitted every past trial: per-trial cost grew with the study. ``History``
+reads once per trial, and only trials that are new or were unfinished at the last read
+(finished trials never change). From that it keeps, incrementally:
+
+* for the pruner, each step's intermediate values of completed trials, sorted, so the
+  median rule is exact at any study size (``sampling.HistoryMedianPruner``);
+* for the sampler, a bounded and well-chosen part of the history
+  (``sampler_trials``): every running trial (constant liar), the best ``BEST``
+  completed trials (TPE's "good" set is at most 25 of them, so it is the same as with
+  the whole history), the ``RECENT`` latest finished trials (where the search is now),
+  and a uniform reservoir sample of ``SAMPLE`` finished trials (the shape of the
+  "bad" density). TPE then fits at most ``BEST + RECENT + SAMPLE`` finished trials
+  however long the study runs;
+* the completed trials ranked by value, for ``--keep-best``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import optuna_adapter
+from search.storage import ResilientStorage
+
+BEST = 50
+RECENT = 100
+SAMPLE = 150
+
+
+class History:
+    def __init__(self, storage: ResilientStorage, study: optuna.Study, seed: int = 0) -> None:
+        self.storage = storage
+        self.study_id = optuna_adapter.study_id(study)
+        self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self.unfinished: dict[int, FrozenTrial] = {}  # by trial id
+        self.last_id = -1
+        self.finished = 0
+        self.completed = 0
+        self.ranked: list[tuple[float, int, FrozenTrial]] = []  # completed, best first
+        self.recent: deque[FrozenTrial] = deque(maxlen=RECENT)
+        self.sample: list[FrozenTrial] = []
+        self.steps: dict[int, list[float]] = {}  # step -> sorted values of completed trials
+        self.rng = random.Random(seed)
+        self.version = 0
+        self.read_at = -math.inf  # time.monotonic() of the last refresh
+        self._subset: tuple[int, list[FrozenTrial]] = (-1, [])
+
+    def refresh(self, max_age: float = 0.0) -> None:
+        """Read the trials added or changed since the last refresh (one query), unless the
+        last refresh is younger than ``max_age`` seconds."""
+        if time.monotonic() - self.read_at < max_age:
+            return
+        self.read_at = time.monotonic()
+        for trial in optuna_adapter.changed_trials(self.storage, self.study_id, self.unfinished, self.last_id):
+            self.last_id = max(self.last_id, optuna_adapter.trial_id(trial))
+            self._absorb(trial)
+        self.version += 1
+
+    def _absorb(self, trial: FrozenTrial) -> None:
+        trial_id = optuna_adapter.trial_id(trial)
+        if not trial.state.is_finished():
+            self.unfinished[trial_id] = trial
+            return
+        self.unfinished.pop(trial_id, None)
+        self.finished += 1
+        self.recent.append(trial)
+        # Reservoir sampling: every finished trial is in the sample with equal probability.
+        if len(self.sample) < SAMPLE:
+            self.sample.append(trial)
+        elif (slot := self.rng.randrange(self.finished)) < SAMPLE:
+            self.sample[slot] = trial
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            self.completed += 1
+            key = -trial.value if self.maximize else trial.value
+            bisect.insort(self.ranked, (key, trial.number, trial), key=lambda entry: entry[:2])
+            for step, value in trial.intermediate_values.items():
+                if not math.isnan(value):
+                    bisect.insort(self.steps.setdefault(step, []), value)
+
+    def trial(self, trial_id: int) -> FrozenTrial | None:
+        """The latest copy of an unfinished trial, as read by the last refresh."""
+        return self.unfinished.get(trial_id)
+
+    def running(self) -> Iterable[FrozenTrial]:
+        return (trial for trial in self.unfinished.values() if trial.state == TrialState.RUNNING)
+
+    def best(self, n: int) -> list[FrozenTrial]:
+        return [trial for _, _, trial in self.ranked[:n]]
+
+    def sampler_trials(self) -> list[FrozenTrial]:
+        """The bounded part of the history the sampler fits, ordered by trial number."""
+        version, subset = self._subset
+        if version != self.version:
+            chosen = {trial.number: trial for trial in (*self.running(), *self.best(BEST), *self.recent,
+                                                         *self.sample)}
+            subset = sorted(chosen.values(), key=lambda trial: trial.number)
+            self._subset = (self.version, subset)
+        return subset
+
+    def step_values(self, step: int) -> list[float]:
+        """Sorted intermediate values at ``step`` of every completed trial that reported it."""
+        return self.steps.get(step, [])

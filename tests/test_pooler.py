@@ -1,0 +1,106 @@
+"""Workers through a transaction-pooling PgBouncer: limits per transaction, locks, heartbeats.
+
+The pool has fewer server connections than the workers hold client connections, so
+consecutive transactions of one worker run on different server connections: anything
+kept in a server session (a ``SET``, a session advisory lock) would be lost or leak.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from search.database import IDLE_IN_TRANSACTION_S, LOCK_TIMEOUT_S
+from search.locking import named_lock
+from search.storage import open_storage
+from tests.pooler import PgBouncer
+from tests.postgres import PostgresServer
+from tests.workers import create_slow_study, logs, start_worker, states, wait_all, wait_until, worker_args
+
+
+@pytest.fixture(scope="module")
+def pooler(postgres: PostgresServer) -> Iterator[PgBouncer]:
+    bouncer = PgBouncer(postgres, server_connections=3)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+def test_every_transaction_gets_its_limits_and_read_only_stays_read_only(postgres, pooler):
+    url = pooler.url(postgres.new_database())
+    storage = open_storage(url)
+    reader = open_storage(url, writable=False)
+    try:
+        for _ in range(6):  # transactions land on different server connections
+            with storage.transactions.begin() as connection:
+                shown = connection.exec_driver_sql("SHOW lock_timeout").scalar(), \
+                    connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar(), \
+                    connection.exec_driver_sql("SHOW transaction_read_only").scalar()
+                assert shown == (f"{LOCK_TIMEOUT_S}s", f"{IDLE_IN_TRANSACTION_S // 60}min", "off")
+        with reader.rdb.engine.begin() as connection:
+            assert connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+            with pytest.raises(sqlalchemy.exc.InternalError, match="read-only transaction"):
+                connection.exec_driver_sql("CREATE TABLE intruder (x int)")
+    finally:
+        storage.close()
+        reader.close()
+
+
+def test_the_set_up_lock_excludes_through_the_pooler(postgres, pooler):
+    url = sqlalchemy.engine.make_url(pooler.url(postgres.new_database()))
+    inside, overlaps = [], []
+
+    def hold() -> None:
+        with named_lock(url, "study:x"):
+            inside.append(1)
+            if len(inside) > 1:
+                overlaps.append(len(inside))
+            time.sleep(0.3)
+            inside.pop()
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not overlaps and not inside
+
+
+def test_workers_through_the_pooler_finish_the_budget_and_resume_a_killed_workers_trial(
+        postgres, pooler, medium_fashion_dir, tmp_path):
+    url = pooler.url(postgres.new_database())
+    create_slow_study(url, "pooled", n_trials=3, epochs=4)
+    args = worker_args(url, "pooled", medium_fashion_dir, tmp_path / "artifacts", n_trials=3, epochs=4, heartbeat=1)
+    logs_ = [tmp_path / f"worker{i}.log" for i in range(3)]
+    workers = {process.pid: process for process in (start_worker(log, *args) for log in logs_)}
+
+    def checkpointed_trial():
+        study = optuna.load_study(study_name="pooled", storage=url)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("checkpoint", {}).get("epoch", 0) >= 1 and "worker" in trial.user_attrs:
+                return trial
+        return None
+
+    victim = wait_until(checkpointed_trial, timeout=300)
+    pid = int(victim.user_attrs["worker"].rsplit("/", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    workers.pop(pid).wait()
+    assert wait_all(list(workers.values()), timeout=600) == [0, 0], logs(logs_)
+    trials = optuna.load_study(study_name="pooled", storage=url).get_trials(deepcopy=False)
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE, logs(logs_)
+    assert retry[0].user_attrs["resumed_from_epoch"] >= 1
+    counts = states(url, "pooled")
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 3
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0
+    assert "lost the connection" not in logs(logs_)
