@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.synthetic import EPOCHS, NoTraining, accuracy, report_and_prune  # noqa: E402
 from objectives import space  # noqa: E402
-from search import keys, optuna_adapter  # noqa: E402
+from search import optuna_adapter  # noqa: E402
 from search.study import make_pruner, make_sampler  # noqa: E402
 from search.worker import Worker, WorkerConfig  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
@@ -64,6 +64,18 @@ def history(n: int, seed: int) -> list[optuna.trial.FrozenTrial]:
             value=None if pruned else values[EPOCHS]))
         sampler_study.tell(trial, 0.0)
     return made
+
+
+STUDY = "overhead"
+
+
+def worker_for(url: str, work: Path, n_trials: int) -> Worker:
+    """A worker joined to the study at ``url`` (creating it, as a real first worker does)."""
+    worker = Worker(WorkerConfig(storage=url, study=STUDY, objective="fashion_mnist", epochs=EPOCHS,
+                                 n_trials=n_trials, data_dir=None, artifacts=str(work)),
+                    say=lambda line: None, workload=NoTraining())
+    worker.join()
+    return worker
 
 
 def project_lifecycle(worker: Worker) -> Callable[[], None]:
@@ -108,25 +120,27 @@ def main() -> None:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="hpsearch-overhead-"))
     try:
-        project_url, plain_url = server.new_database(), server.new_database()
-        worker = Worker(WorkerConfig(storage=project_url, study="overhead", objective="fashion_mnist",
-                                     epochs=EPOCHS, n_trials=1, data_dir=None, artifacts=str(work)),
-                        say=lambda line: None, workload=NoTraining())
-        worker.join()
-        project = worker.study
-        plain = optuna.create_study(study_name="overhead", storage=optuna.storages.get_storage(plain_url),
-                                    direction="maximize", sampler=make_sampler(0), pruner=make_pruner())
+        # One master database grows to each size; both studies are copies of it
+        # (CREATE DATABASE ... TEMPLATE), so both are timed on the same `size` trials.
+        master = server.new_database()
+        joined = worker_for(master, work, n_trials=1)
+        joined.storage.close()
         made = history(max(args.sizes), seed=0)
+        have = 0
         for size in args.sizes:
-            # Both studies hold exactly `size` finished trials plus the ones timed before.
-            for study in (project, plain):
-                have = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-                study.add_trials(made[min(have, size):size])
-            project.set_user_attr(keys.BUDGET, size + 10 * args.trials)
+            rdb = optuna.storages.RDBStorage(master)
+            optuna.load_study(study_name=STUDY, storage=rdb).add_trials(made[have:size])
+            rdb.engine.dispose()  # a template database must have no connections
+            have = size
+            project_url, plain_url = server.copy_database(master), server.copy_database(master)
+            worker = worker_for(project_url, work, n_trials=size + 10 * args.trials)
+            plain = optuna.load_study(study_name=STUDY, storage=optuna.storages.get_storage(plain_url),
+                                      sampler=make_sampler(0), pruner=make_pruner())
             optuna_adapter.faster_tpe()
             ours = timed(project_lifecycle(worker), args.trials)
             optuna_adapter.faster_tpe(enable=False)  # plain Optuna as it ships
             theirs = timed(plain_lifecycle(plain), args.trials)
+            worker.storage.close()
             rows.append((size, ours, theirs))
             print(f"  {size:>6} trials: project {1e3 * statistics.median(ours):7.1f} ms, "
                   f"plain Optuna {1e3 * statistics.median(theirs):7.1f} ms", flush=True)

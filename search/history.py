@@ -9,11 +9,12 @@ reads once per trial, and only trials that are new or were unfinished at the las
   median rule is exact at any study size (``sampling.HistoryMedianPruner``);
 * for the sampler, a bounded and well-chosen part of the history
   (``sampler_trials``): every running trial (constant liar), the best ``BEST``
-  completed trials (TPE's "good" set is at most 25 of them, so it is the same as with
-  the whole history), the ``RECENT`` latest finished trials (where the search is now),
+  completed trials, the ``RECENT`` latest finished trials (where the search is now),
   and a uniform reservoir sample of ``SAMPLE`` finished trials (the shape of the
   "bad" density). TPE then fits at most ``BEST + RECENT + SAMPLE`` finished trials
-  however long the study runs;
+  however long the study runs. Its "good" set is the same as with the whole history:
+  ``gamma`` sizes it from the whole history's count (at most 25, all among the best
+  ``BEST``);
 * the completed trials ranked by value, for ``--keep-best``.
 """
 
@@ -32,9 +33,9 @@ from optuna.trial import FrozenTrial, TrialState
 from search import optuna_adapter
 from search.storage import ResilientStorage
 
-BEST = 50
-RECENT = 100
-SAMPLE = 150
+BEST = 25  # TPE's "good" set never holds more (``gamma``)
+RECENT = 50
+SAMPLE = 75
 
 
 class History:
@@ -46,6 +47,7 @@ class History:
         self.last_id = -1
         self.finished = 0
         self.completed = 0
+        self.pruned = 0
         self.ranked: list[tuple[float, int, FrozenTrial]] = []  # completed, best first
         self.recent: deque[FrozenTrial] = deque(maxlen=RECENT)
         self.sample: list[FrozenTrial] = []
@@ -66,6 +68,12 @@ class History:
             self._absorb(trial)
         self.version += 1
 
+    def absorb(self, trial: FrozenTrial) -> None:
+        """Take in a trial this worker just finished, as it recorded it: no query."""
+        if optuna_adapter.trial_id(trial) in self.unfinished:
+            self._absorb(trial)
+            self.version += 1
+
     def _absorb(self, trial: FrozenTrial) -> None:
         trial_id = optuna_adapter.trial_id(trial)
         if not trial.state.is_finished():
@@ -79,6 +87,7 @@ class History:
             self.sample.append(trial)
         elif (slot := self.rng.randrange(self.finished)) < SAMPLE:
             self.sample[slot] = trial
+        self.pruned += trial.state == TrialState.PRUNED
         if trial.state == TrialState.COMPLETE and trial.value is not None:
             self.completed += 1
             key = -trial.value if self.maximize else trial.value
@@ -106,6 +115,11 @@ class History:
             subset = sorted(chosen.values(), key=lambda trial: trial.number)
             self._subset = (self.version, subset)
         return subset
+
+    def gamma(self, n: int) -> int:
+        """TPESampler's default gamma (``min(ceil(0.1 n), 25)``), of the whole history's
+        count of complete and pruned trials rather than the ``n`` of the part it is given."""
+        return min(math.ceil(0.1 * max(n, self.completed + self.pruned)), BEST)
 
     def step_values(self, step: int) -> list[float]:
         """Sorted intermediate values at ``step`` of every completed trial that reported it."""

@@ -31,6 +31,7 @@ PRUNED_REASON = "pruned_reason"
 # --- trial system attrs --------------------------------------------------------
 OWNER = "hpsearch:owner"  # "<worker>#<token>": written by the claim, read back when its reply is lost
 CONTINUED_BY = "hpsearch:continued_by"  # on a trial failed by heartbeat or stop: its successor's number
+CONTINUED_COUNT = "hpsearch:continued"  # study system attr: how many trials have a CONTINUED_BY
 FAIL_CAUSE = "hpsearch:fail_cause"  # "stale" (worker silent) or "stopped" (SIGTERM/SIGINT, store error)
 CRASHES = "hpsearch:crashes"  # stale failures so far in this slot's retry chain
 REPLACES = "hpsearch:replaces"  # on a fresh trial queued after a chain used up its retries

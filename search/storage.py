@@ -36,6 +36,7 @@ from search.database import (
     is_transient, limit_transactions, one_line_error, parse_url,
 )
 from search.errors import DatabaseLost, UserError
+from search.own_trials import OwnTrials
 
 T = TypeVar("T")
 
@@ -46,8 +47,8 @@ class ResilientStorage(BaseStorage):
         self.database = database
         self.cache = optuna_adapter.cached(rdb)
         self.transactions = optuna_adapter.transaction_engine(rdb, database) if writable else rdb.engine
-        self.trial_studies: dict[int, int] = {}  # this worker's trials -> their study
-        self.distributions: dict[tuple[int | None, str], optuna.distributions.BaseDistribution] = {}
+        self.own = OwnTrials()  # the trials this worker runs, served from memory
+        self.distributions: dict[int, dict[str, optuna.distributions.BaseDistribution]] = {}  # by study
 
     def slots(self, study: optuna.Study) -> optuna_adapter.Slots:
         return optuna_adapter.Slots(self.transactions, self.database, study)
@@ -113,15 +114,18 @@ class ResilientStorage(BaseStorage):
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: optuna.distributions.BaseDistribution) -> None:
-        # A repeated insert hits the (trial, param) unique key, which Optuna ignores. The
-        # distribution the study's earlier trials had is remembered per (study, parameter)
-        # for this worker's own trials; Optuna checks the new one against it.
-        known = (self.trial_studies.get(trial_id), param_name)
-        previous = self.distributions.get(known) if known[0] is not None else None
-        self._retry(lambda: optuna_adapter.set_param(self.rdb, trial_id, param_name, param_value_internal,
-                                                     distribution, previous))
-        if known[0] is not None:
-            self.distributions.setdefault(known, distribution)
+        # An own trial's parameters are written with its next write (``_flush``). Otherwise
+        # a repeated insert hits the (trial, param) unique key, which Optuna ignores.
+        if not self.own.add_param(trial_id, param_name, param_value_internal, distribution):
+            self._retry(lambda: self.cache.set_trial_param(trial_id, param_name, param_value_internal, distribution))
+
+    def _write_own(self, trial_id: int, write: optuna_adapter.OwnWrite) -> None:
+        """An own trial's write, with its pending parameters, in one transaction."""
+        write.params = self.own.take_pending(trial_id)
+        study = self.own.studies[trial_id]
+        write.known = self.distributions.get(study, {})
+        self.distributions[study] = self._retry(lambda: optuna_adapter.write_own(self.transactions, trial_id, write))
+        self.own.wrote(trial_id, write)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
@@ -132,22 +136,34 @@ class ResilientStorage(BaseStorage):
             if stored.state.is_finished():
                 raise UpdateFinishedTrialError(f"trial {stored.number} is already {stored.state.name}")
             return UNKNOWN
-        return self._retry(lambda: self.cache.set_trial_state_values(trial_id, state, values), resolve)
+        if self.own.owns(trial_id) and self.own.pending.get(trial_id):
+            self._write_own(trial_id, optuna_adapter.OwnWrite())
+        done = self._retry(lambda: self.cache.set_trial_state_values(trial_id, state, values), resolve)
+        if state.is_finished():
+            self.own.finished(trial_id, state, None if values is None else list(values))
+        return done
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        if self.own.owns(trial_id):
+            return self._write_own(trial_id, optuna_adapter.OwnWrite(step=(step, intermediate_value)))
         self._retry(lambda: self.cache.set_trial_intermediate_value(trial_id, step, intermediate_value))
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if self.own.owns(trial_id):
+            return self._write_own(trial_id, optuna_adapter.OwnWrite(user={key: value}))
         self._retry(lambda: self.cache.set_trial_user_attr(trial_id, key, value))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if self.own.owns(trial_id):
+            return self._write_own(trial_id, optuna_adapter.OwnWrite(system={key: value}))
         self._retry(lambda: self.cache.set_trial_system_attr(trial_id, key, value))
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         return self._retry(lambda: self.cache.get_trial_id_from_study_id_trial_number(study_id, trial_number))
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self._retry(lambda: self.cache.get_trial(trial_id))
+        own = self.own.get(trial_id)
+        return own if own is not None else self._retry(lambda: self.cache.get_trial(trial_id))
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -252,4 +268,7 @@ def open_storage(url_text: str, writable: bool = True, patience: float = RECONNE
     storage = ResilientStorage(rdb, database, writable)
     if writable:
         optuna_adapter.schema_state(storage.transactions, database)
+        if not optuna_adapter.has_indexes(storage.transactions):
+            with schema_lock(url):
+                optuna_adapter.create_indexes(storage.transactions)
     return storage

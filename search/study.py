@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -35,11 +36,18 @@ def study_lock(storage: ResilientStorage, study_name: str) -> contextlib.Abstrac
     return named_lock(storage.database.url, f"study-{study_name}", engine=storage.transactions)
 
 
-def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+def worker_seed(base_seed: int, index: int) -> int:
+    """Worker ``index``'s sampler seed: workers must not propose the same trials."""
+    return (base_seed + index) % 2**32
+
+
+def make_sampler(seed: int | None, gamma: Callable[[int], int] | None = None) -> optuna.samplers.BaseSampler:
+    """The study's TPE; ``gamma`` sizes its "good" set (Optuna's default if None)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: running trials count as bad guesses, so parallel workers spread out.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          gamma=gamma)
 
 
 def make_pruner() -> optuna.pruners.BasePruner:
@@ -135,6 +143,6 @@ def join_study(storage: ResilientStorage, spec: StudySpec, n_trials: int | None,
 
     # Only the lock's own connection errors reach this retry (storage calls retry inside).
     index, token = storage.database.retrying(join_once)
-    sampler = make_sampler((base_seed + index) % 2**32)
+    sampler = make_sampler(worker_seed(base_seed, index))
     return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler,
                              pruner=make_pruner()), index, token

@@ -30,7 +30,7 @@ from search.history import History
 from search.sampling import BoundedSampler, HistoryMedianPruner
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
-from search.study import StudySpec, check_existing, join_study
+from search.study import StudySpec, check_existing, join_study, make_sampler, worker_seed
 
 
 # Fault-injection hook for the tests: sleep this long between claiming a trial and
@@ -104,7 +104,8 @@ class Worker:
         self.slots = self.storage.slots(self.study)
         # Sampling and pruning read this worker's incremental view of the study.
         self.history = History(self.storage, self.study, seed=self.index)
-        self.study.sampler = BoundedSampler(self.study.sampler, self.history)
+        sampler = make_sampler(worker_seed(config.seed, self.index), gamma=self.history.gamma)
+        self.study.sampler = BoundedSampler(sampler, self.history)
         self.study.pruner = HistoryMedianPruner(self.history)
         optuna_adapter.faster_tpe()
 
@@ -150,13 +151,13 @@ class Worker:
         self.signals.check()
         self.requeue_stale()
         with self.signals.deferred():
-            claimed = self.slots.claim(self.identity)
+            claimed = self.slots.claim(self.identity, labels)
         if claimed is None:
             return False
         if FAULT_PAUSE_AFTER_CLAIM in os.environ:
             time.sleep(float(os.environ[FAULT_PAUSE_AFTER_CLAIM]))  # tests kill -9 the worker here
         self.history.refresh()
-        self.run_trial(claimed, objective, labels)
+        self.run_trial(claimed, objective)
         return True
 
     def requeue_stale(self) -> None:
@@ -173,17 +174,14 @@ class Worker:
         if requeued:
             self.directory.sweep(self.slots, self.token)
 
-    def run_trial(self, claimed: int, objective: Callable[[optuna.Trial], float],
-                  labels: dict[str, str]) -> None:
+    def run_trial(self, claimed: int, objective: Callable[[optuna.Trial], float]) -> None:
         started = time.monotonic()
         name = f"trial id {claimed}"
         with Heartbeat(self.storage, claimed, self.config.heartbeat_interval):
             try:
                 self.signals.check()
-                trial = optuna_adapter.open_trial(self.study, claimed)
+                trial = optuna_adapter.open_trial(self.study, claimed, self.history.trial(claimed))
                 name = f"trial {trial.number}"
-                for key, value in labels.items():
-                    trial.set_user_attr(key, value)
                 outcome = self.train_and_tell(trial, objective)
             except UpdateFinishedTrialError:
                 # Our heartbeats stopped reaching the database long enough for another worker
@@ -197,10 +195,10 @@ class Worker:
                     self.say(f"{name} re-queued as trial {successor}: {stop}")
                 raise
         if outcome is not None:
-            self.history.refresh()
             self.directory.keep_best(self.history, self.slots, self.config.keep_best)
+            best = self.history.best(1)[0]
             self.say(f"trial {trial.number} complete: val_acc {outcome:.2%} in {time.monotonic() - started:.0f} s "
-                     f"(best so far {self.study.best_value:.2%}, trial {self.study.best_trial.number})")
+                     f"(best so far {best.value:.2%}, trial {best.number})")
 
     def train_and_tell(self, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> float | None:
         """Run the objective and record its outcome; returns the value of a completed trial.
@@ -229,6 +227,7 @@ class Worker:
             recorded = self.study.tell(trial, value, state=state, skip_if_finished=True)
         if recorded.state != state:
             raise UpdateFinishedTrialError(f"trial {trial.number} was already {recorded.state.name}")
+        self.history.absorb(recorded)
 
 
 def run_worker(config: WorkerConfig, say: Callable[[str], None] = print) -> Worker:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -58,7 +59,7 @@ logfile = {self.root / "log"}
         ulimit = "ulimit -n 8192 2>/dev/null; "  # a socket per client and per server connection
         self.process = subprocess.Popen(
             prefix + ["bash", "-c", ulimit + f"exec {self.binary} {self.root / 'pgbouncer.ini'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -75,10 +76,12 @@ logfile = {self.root / "log"}
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # PgBouncer 1.18: immediate shutdown
+            # runuser does not pass signals on: stop its whole group (SIGTERM: PgBouncer
+            # 1.18's immediate shutdown).
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         shutil.rmtree(self.root, ignore_errors=True)

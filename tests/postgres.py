@@ -82,6 +82,18 @@ class PostgresServer:
         engine.dispose()
         return self.url(name)
 
+    def copy_database(self, url: str) -> str:
+        """A new database copied from the one at ``url`` (which must have no connections)."""
+        import sqlalchemy
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        source = url.rsplit("/", 1)[1]
+        engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name} TEMPLATE {source}"))
+        engine.dispose()
+        return self.url(name)
+
     def rows(self, url: str, query: str) -> list[tuple]:
         import sqlalchemy
 

@@ -109,6 +109,24 @@ def test_a_slot_that_crashes_too_often_starts_over_as_a_fresh_trial(storage):
     assert slots.progress().budget == 1 and slots.progress().waiting == 1
 
 
+def test_the_budget_holds_across_requeues_and_a_study_without_the_counter(storage):
+    study, slots = joined(storage, 3)
+    first, second = slots.claim("w"), slots.claim("w")
+    slots.requeue(first, "stale")
+    retry = slots.claim("w")  # the retry, not a new slot
+    slots.requeue(retry, "stopped")
+    assert slots.claim("w") not in (None, first, retry)  # the retry of the retry
+    assert slots.claim("w") is not None  # the third slot
+    assert slots.claim("w") is None
+    # A study from before the counter: the next claim counts continued trials once.
+    with storage.transactions.begin() as connection:
+        connection.execute(sqlalchemy.text(f"DELETE FROM study_system_attributes WHERE key = '{keys.CONTINUED_COUNT}'"))
+    assert slots.claim("w") is None
+    study.set_user_attr(keys.BUDGET, 4)
+    assert slots.claim("w") is not None and slots.claim("w") is None
+    assert slots.progress().running == 4
+
+
 def test_requeue_stale_spares_a_trial_with_a_fresh_heartbeat(storage):
     study, slots = joined(storage, 2)
     alive, dead = slots.claim("alive"), slots.claim("dead")

@@ -119,6 +119,8 @@ def test_the_sampler_fits_a_bounded_history_with_the_best_and_every_running_tria
     assert set(range(490, 500)) <= numbers  # the latest finished
     assert [t.number for t in subset] == sorted(numbers)
     assert numbers & set(range(0, 400))  # the sample reaches back
+    # TPE's "good" set is sized from the whole history and lies among the best kept.
+    assert history.gamma(len(subset)) == 5 and history.completed + history.pruned == 500
 
 
 def test_below_the_bound_the_sampler_is_tpe_exactly(tmp_path):
@@ -127,9 +129,9 @@ def test_below_the_bound_the_sampler_is_tpe_exactly(tmp_path):
         storage = open_storage(f"sqlite:///{tmp_path / f'{bounded}.db'}", patience=20)
         study, _, _ = join_study(storage, SPEC, 10, 0)
         study.sampler = make_sampler(7)
-        if bounded:
+        if bounded:  # as the worker sets it up
             history = History(storage, study)
-            study.sampler = BoundedSampler(study.sampler, history)
+            study.sampler = BoundedSampler(make_sampler(7, gamma=history.gamma), history)
         for _ in range(40):
             if bounded:
                 history.refresh()

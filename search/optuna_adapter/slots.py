@@ -1,233 +1,27 @@
-"""Every contact with Optuna beyond its public API, in one module.
-
-The rest of ``search/`` uses public Optuna and this module. Each private touch, and why
-no public call does the job:
-
-* ``_CachedStorage`` wraps the ``RDBStorage`` under ``ResilientStorage`` for whole-study
-  reads (status, the dashboard). Optuna applies it to a bare ``RDBStorage`` itself
-  (``optuna.storages.get_storage``); a storage wrapper of our own would lose it.
-* ``RDBStorage._set_trial_param`` takes the parameter's earlier distribution, as the
-  cache passes it (``set_param``); the public method finds it with a query that grows
-  with the study.
-* ``trial._trial_id`` / ``study._study_id``: storage calls take ids; the public lookup
-  (``get_trial_id_from_study_id_trial_number``) costs a query for what the object knows.
-* ``optuna.Trial(study, trial_id)``: ``Study.ask`` builds its trial this way after
-  popping a WAITING trial or creating one; ``claim`` does that step itself (below), so
-  it builds the trial the same way.
-* ``RDBStorage._get_trials(study_id, states, included_ids, greater_than)``: the one
-  query that reads only new trials and the given unfinished ones (``changed_trials``);
-  the public ``get_all_trials`` reads, sorts and copies every trial each time.
-* ``StudyView`` overrides ``Study._get_trials``, which Optuna's samplers call to read
-  history, so that TPE fits a bounded part of it (``search.sampling.BoundedSampler``).
-* ``_truncnorm._log_ndtr``: TPE evaluates log Phi element by element in Python; with a
-  few hundred trials that was most of a trial's sampling time (530,000 calls for 10
-  trials at 1,000). ``log_ndtr`` is the same function on whole arrays (agreeing to
-  3e-15, tests/test_sampling.py); ``faster_tpe`` installs it.
-* ``RDBStorage.engine`` and Optuna's table schema (version 12), through SQLAlchemy Core,
-  for four operations that must each be one transaction, which no public call is:
-
-  - ``claim``: WAITING -> RUNNING (or a new RUNNING trial while the budget allows), its
-    first heartbeat row and its owner token, together. ``Study.ask`` does the state
-    change alone, so a worker killed before its first heartbeat left a RUNNING trial no
-    heartbeat check could ever find; and a claim whose reply was lost could not tell
-    whether it had won. Here the owner token is read back instead.
-  - ``requeue``: RUNNING -> FAIL plus its retry (or, after MAX_CRASHES, a fresh trial),
-    the checkpoint pointer moving with it. ``fail_stale_trials`` and the retry callback
-    are two transactions: a failure between them lost the slot, and a retried creation
-    whose reply was lost made two.
-  - ``progress``: the budget and how many slots are open or finished, in one query.
-  - ``unregister_artifact``: Optuna lists artifacts in trial system attrs and has no call
-    to remove an entry; weights deleted by ``--keep-best`` must leave the dashboard's
-    list too. ``register_artifact`` writes the same entry ``upload_artifact`` does, but
-    after the file is complete (``upload_artifact`` lists it before writing it).
-"""
+"""A study's slots: claim, requeue, progress, the artifact references. See the package
+docstring for why these are transactions of their own."""
 
 from __future__ import annotations
 
 import json
-import math
 import uuid
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import optuna
 import sqlalchemy as sa
-from optuna.artifacts import ArtifactMeta
-from optuna.storages import RDBStorage
-from optuna.samplers._tpe import _truncnorm
-from optuna.storages._cached_storage import _CachedStorage
-from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.dialects import postgresql, sqlite
+from optuna.trial import TrialState
 
 from search import keys
-from search.database import UNKNOWN, Database, StorageError, describe, engine_kwargs
+from search.database import UNKNOWN, Database
+from search.optuna_adapter.schema import (
+    _insert, _set_attrs, _utcnow, heartbeats, intermediate, params, studies, study_system_attrs, study_user_attrs,
+    system_attrs,
+    trials, user_attrs,
+)
 
-SCHEMA_VERSION = 12  # Optuna 4.x-5.x; the tables below are checked against it on open
 MAX_CRASHES = 3  # stale failures of one slot before it starts over with fresh parameters
-
-_meta = sa.MetaData()
-_state = sa.Enum(TrialState, name="trialstate", create_constraint=False, native_enum=True)
-studies = sa.Table("studies", _meta, sa.Column("study_id", sa.Integer, primary_key=True),
-                   sa.Column("study_name", sa.String))
-study_user_attrs = sa.Table("study_user_attributes", _meta, sa.Column("study_id", sa.Integer),
-                            sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
-study_system_attrs = sa.Table("study_system_attributes", _meta, sa.Column("study_id", sa.Integer),
-                              sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
-trials = sa.Table("trials", _meta, sa.Column("trial_id", sa.Integer, primary_key=True),
-                  sa.Column("number", sa.Integer), sa.Column("study_id", sa.Integer), sa.Column("state", _state),
-                  sa.Column("datetime_start", sa.DateTime), sa.Column("datetime_complete", sa.DateTime))
-params = sa.Table("trial_params", _meta, sa.Column("trial_id", sa.Integer), sa.Column("param_name", sa.String),
-                  sa.Column("param_value", sa.Float), sa.Column("distribution_json", sa.Text))
-user_attrs = sa.Table("trial_user_attributes", _meta, sa.Column("trial_id", sa.Integer),
-                      sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
-system_attrs = sa.Table("trial_system_attributes", _meta, sa.Column("trial_id", sa.Integer),
-                        sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
-intermediate = sa.Table("trial_intermediate_values", _meta, sa.Column("trial_id", sa.Integer),
-                        sa.Column("step", sa.Integer), sa.Column("intermediate_value", sa.Float),
-                        sa.Column("intermediate_value_type", sa.String))
-heartbeats = sa.Table("trial_heartbeats", _meta, sa.Column("trial_id", sa.Integer),
-                      sa.Column("heartbeat", sa.DateTime))
-version_info = sa.Table("version_info", _meta, sa.Column("schema_version", sa.Integer))
-
-
-def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
-    return trial._trial_id
-
-
-def study_id(study: optuna.Study) -> int:
-    return study._study_id
-
-
-def cached(rdb: RDBStorage) -> optuna.storages.BaseStorage:
-    return _CachedStorage(rdb)
-
-
-def transaction_engine(rdb: RDBStorage, database: Database) -> sa.Engine:
-    """The engine for this module's transactions: RDBStorage's own pool on PostgreSQL (no
-    extra connections); on SQLite one whose transactions take the write lock at BEGIN,
-    so a read-then-write transaction cannot deadlock against another."""
-    if not database.is_sqlite:
-        return rdb.engine
-    engine = sa.create_engine(database.url, **engine_kwargs(database.url))
-
-    @sa.event.listens_for(engine, "connect")
-    def _autocommit_driver(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin_immediate(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-OPTUNA_TABLES = {"studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
-                 "trial_params", "trial_values", "trial_intermediate_values", "trial_user_attributes",
-                 "trial_system_attributes", "trial_heartbeats", "version_info", "alembic_version"}
-
-
-def schema_state(engine: sa.Engine, database: Database) -> str:
-    """"empty" (no Optuna tables yet), "partial" (some, all Optuna's) or "optuna" (complete,
-    schema version checked); a database whose tables clash with Optuna's is refused."""
-    inspector = sa.inspect(engine)
-    present = set(inspector.get_table_names()) & OPTUNA_TABLES
-    if not present:
-        return "empty"
-    for table in present & {"studies", "trials", "version_info"}:
-        expected = set(_meta.tables[table].columns.keys())
-        if not expected <= {column["name"] for column in inspector.get_columns(table)}:
-            raise StorageError(f"{describe(database.url)} has a table {table!r} that is not Optuna's; "
-                               f"point --storage at a separate database")
-    if present != OPTUNA_TABLES:
-        return "partial"
-    with engine.connect() as connection:
-        version = connection.execute(sa.select(version_info.c.schema_version)).scalar()
-    if version != SCHEMA_VERSION:
-        raise StorageError(f"{describe(database.url)} has Optuna schema version {version}; this project "
-                           f"reads version {SCHEMA_VERSION} (Optuna 5): upgrade it with `optuna storage upgrade`")
-    return "optuna"
-
-
-def changed_trials(storage: Any, study_id_: int, unfinished: dict[int, FrozenTrial], last_id: int) -> list[FrozenTrial]:
-    """Trials created after ``last_id``, and the current state of the ``unfinished`` ones."""
-    return storage.database.retrying(lambda: storage.rdb._get_trials(study_id_, None, set(unfinished), last_id))
-
-
-class StudyView:
-    """``study``, except that samplers reading its trials get ``trials`` (a bounded subset)."""
-
-    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
-        self._study = study
-        self._trials = trials
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        return self._trials if states is None else [trial for trial in self._trials if trial.state in states]
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy, states)
-
-
-_erfc = np.frompyfunc(math.erfc, 1, 1)
-
-
-def log_ndtr(a: np.ndarray) -> np.ndarray:
-    """log Phi(a), as Optuna's ``_log_ndtr_single`` computes it, on a whole array."""
-    a = np.asarray(a, dtype=float)
-    out = np.empty_like(a)
-    high, low = a > 6, a <= -20
-    middle = ~(high | low)
-    out[middle] = np.log(0.5 * _erfc(-a[middle] / math.sqrt(2)).astype(float))
-    out[high] = -0.5 * _erfc(a[high] / math.sqrt(2)).astype(float)  # log(1 - x) ~ -x for tiny x
-    if low.any():  # the asymptotic series of the far left tail
-        x = a[low]
-        series, term = np.ones_like(x), np.ones_like(x)
-        for i in range(1, 40):
-            term = -term * (2 * i - 1) / x**2
-            series += term
-        out[low] = -0.5 * x**2 - np.log(-x) - 0.5 * math.log(2 * math.pi) + np.log(series)
-    return out
-
-
-STOCK_LOG_NDTR = _truncnorm._log_ndtr
-
-
-def faster_tpe(enable: bool = True) -> None:
-    """Install ``log_ndtr`` in TPE for this process (``enable=False`` puts Optuna's back)."""
-    _truncnorm._log_ndtr = log_ndtr if enable else STOCK_LOG_NDTR
-
-
-def open_trial(study: optuna.Study, claimed_id: int) -> optuna.Trial:
-    study._storage.trial_studies[claimed_id] = study._study_id  # see set_param
-    return optuna.Trial(study, claimed_id)
-
-
-def set_param(rdb: RDBStorage, trial_id_: int, name: str, value: float,
-              distribution: optuna.distributions.BaseDistribution,
-              previous: optuna.distributions.BaseDistribution | None) -> None:
-    """``set_trial_param`` given the distribution this parameter had in earlier trials of the
-    study, as ``_CachedStorage`` passes it: with None, Optuna finds it with a query over
-    every parameter row of the study, which grows with the study."""
-    rdb._set_trial_param(trial_id_, name, value, distribution, previous)
-
-
-def register_artifact(storage: optuna.storages.BaseStorage, owner_trial_id: int, artifact_id: str,
-                      filename: str) -> None:
-    meta = ArtifactMeta(artifact_id=artifact_id, filename=filename, mimetype="application/octet-stream",
-                        encoding=None)
-    storage.set_trial_system_attr(owner_trial_id, keys.ARTIFACTS_PREFIX + artifact_id, json.dumps(asdict(meta)))
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # Optuna 5 stores naive UTC
-
-
-def _insert(connection: sa.Connection) -> Any:
-    return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert
 
 
 @dataclass(frozen=True)
@@ -265,7 +59,7 @@ class Slots:
     def __init__(self, engine: sa.Engine, database: Database, study: optuna.Study) -> None:
         self.engine = engine
         self.database = database
-        self.study_id = study_id(study)
+        self.study_id = study._study_id
 
     def _current(self) -> Any:
         """The trials that are their slot's latest (not failed and continued by a successor)."""
@@ -291,9 +85,10 @@ class Slots:
                             waiting=counts.get(TrialState.WAITING, 0))
         return self.database.retrying(read)
 
-    def claim(self, owner: str) -> int | None:
+    def claim(self, owner: str, labels: dict[str, str] | None = None) -> int | None:
         """Move the oldest WAITING trial, or a new one while the budget has room, to RUNNING
-        with its first heartbeat and ``owner``; returns its id, or None if there is none."""
+        with its first heartbeat, ``owner`` and ``labels`` (user attrs); returns its id, or
+        None if there is none."""
         token = json.dumps(f"{owner}#{uuid.uuid4().hex}")
 
         def attempt() -> int | None:
@@ -308,7 +103,10 @@ class Slots:
                 else:
                     self._lock_study(connection)
                     budget = self._budget(connection)
-                    used = connection.execute(sa.select(sa.func.count()).where(self._current())).scalar()
+                    # Slots opened: every trial but those continued by a successor. Both
+                    # counts are cheap (an index, a counter): a claim costs the same at any
+                    # study size.
+                    used = self._count(connection) - self._continued(connection)
                     if budget is None or used >= budget:
                         return None
                     claimed = self._new_trial(connection, TrialState.RUNNING, start=_utcnow())
@@ -316,6 +114,7 @@ class Slots:
                 connection.execute(upsert.on_conflict_do_update(index_elements=["trial_id"],
                                                                 set_={"heartbeat": sa.func.now()}))
                 self._set_system_attrs(connection, claimed, {keys.OWNER: token}, encoded=True)
+                _set_attrs(connection, user_attrs, claimed, labels or {})
                 return claimed
 
         def resolve() -> int | Any:
@@ -372,7 +171,9 @@ class Slots:
                         new_attrs[keys.FIXED_PARAMS] = attrs[keys.FIXED_PARAMS]
                 number = connection.execute(sa.select(trials.c.number).where(trials.c.trial_id == successor)).scalar()
                 self._set_system_attrs(connection, successor, new_attrs)
+                continued = self._continued(connection)  # read before this trial counts
                 self._set_system_attrs(connection, failed_id, {keys.CONTINUED_BY: number, keys.FAIL_CAUSE: cause})
+                self._set_continued(connection, continued + 1)
                 return number
 
         def resolve() -> int | Any:
@@ -434,8 +235,30 @@ class Slots:
         # The lock Optuna's own trial creation takes: trial numbers stay dense and unique.
         connection.execute(sa.select(studies.c.study_id).where(studies.c.study_id == self.study_id).with_for_update())
 
+    def _count(self, connection: sa.Connection) -> int:
+        return connection.execute(sa.select(sa.func.count()).where(trials.c.study_id == self.study_id)).scalar()
+
+    def _continued(self, connection: sa.Connection) -> int:
+        """How many trials of the study are continued by a successor: a counter kept with
+        the study (under the study lock), counted once for a study that has none yet."""
+        value = connection.execute(sa.select(study_system_attrs.c.value_json).where(
+            study_system_attrs.c.study_id == self.study_id, study_system_attrs.c.key == keys.CONTINUED_COUNT)).scalar()
+        if value is not None:
+            return int(json.loads(value))
+        counted = connection.execute(sa.select(sa.func.count()).select_from(system_attrs.join(
+            trials, trials.c.trial_id == system_attrs.c.trial_id)).where(
+            trials.c.study_id == self.study_id, system_attrs.c.key == keys.CONTINUED_BY)).scalar()
+        self._set_continued(connection, counted)
+        return counted
+
+    def _set_continued(self, connection: sa.Connection, count: int) -> None:
+        upsert = _insert(connection)(study_system_attrs).values(
+            study_id=self.study_id, key=keys.CONTINUED_COUNT, value_json=json.dumps(count))
+        connection.execute(upsert.on_conflict_do_update(index_elements=["study_id", "key"],
+                                                        set_={"value_json": upsert.excluded.value_json}))
+
     def _new_trial(self, connection: sa.Connection, state: TrialState, start: datetime | None = None) -> int:
-        number = connection.execute(sa.select(sa.func.count()).where(trials.c.study_id == self.study_id)).scalar()
+        number = self._count(connection)
         return connection.execute(trials.insert().values(number=number, study_id=self.study_id, state=state,
                                                          datetime_start=start).returning(trials.c.trial_id)).scalar()
 
@@ -453,8 +276,4 @@ class Slots:
     @staticmethod
     def _set_system_attrs(connection: sa.Connection, target: int, values: dict[str, Any],
                           encoded: bool = False) -> None:
-        for key, value in values.items():
-            upsert = _insert(connection)(system_attrs).values(
-                trial_id=target, key=key, value_json=value if encoded else json.dumps(value))
-            connection.execute(upsert.on_conflict_do_update(index_elements=["trial_id", "key"],
-                                                            set_={"value_json": upsert.excluded.value_json}))
+        _set_attrs(connection, system_attrs, target, values, encoded)
