@@ -94,6 +94,7 @@ class ArtifactDirectory:
         self.checkpoints = self.root / CHECKPOINT_DIR
         self.store = FileSystemArtifactStore(str(self.root))  # what optuna-dashboard reads
         self.checked: set[int] = set()  # trial numbers whose weights this process has removed
+        self.seen_completed = 0  # history.completed at the last keep_best
 
     def create(self) -> None:
         try:
@@ -151,8 +152,18 @@ class ArtifactDirectory:
 
     def keep_best(self, history: History, slots: optuna_adapter.Slots, keep: int) -> None:
         """Remove the weights, and their dashboard entries, of completed trials outside the
-        best ``keep``. Each trial is looked at once after it falls out of the best."""
-        for _, number, trial in history.ranked[keep:]:
+        best ``keep``. Only what changed since the last call is looked at: the trials
+        completed since, and those they pushed out of the best (at most as many)."""
+        new = history.completed - self.seen_completed
+        if self.seen_completed == 0 or new > len(history.completions):
+            candidates = history.ranked[keep:]  # the first look, or too much to tell apart
+        else:
+            best = {number for _, number, _ in history.ranked[:keep]}
+            candidates = history.ranked[keep:keep + new] + [
+                (None, trial.number, trial) for trial in list(history.completions)[len(history.completions) - new:]
+                if trial.number not in best]
+        self.seen_completed = history.completed
+        for _, number, trial in candidates:
             if number in self.checked:
                 continue
             self.checked.add(number)

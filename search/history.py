@@ -34,8 +34,8 @@ from search import optuna_adapter
 from search.storage import ResilientStorage
 
 BEST = 25  # TPE's "good" set never holds more (``gamma``)
-RECENT = 50
-SAMPLE = 75
+RECENT = 25  # as many as TPE weighs fully in its "bad" density (the rest ramp down with age)
+SAMPLE = 50
 
 
 class History:
@@ -50,6 +50,7 @@ class History:
         self.pruned = 0
         self.ranked: list[tuple[float, int, FrozenTrial]] = []  # completed, best first
         self.recent: deque[FrozenTrial] = deque(maxlen=RECENT)
+        self.completions: deque[FrozenTrial] = deque(maxlen=1000)  # the latest completed (keep-best)
         self.sample: list[FrozenTrial] = []
         self.steps: dict[int, list[float]] = {}  # step -> sorted values of completed trials
         self.rng = random.Random(seed)
@@ -90,6 +91,7 @@ class History:
         self.pruned += trial.state == TrialState.PRUNED
         if trial.state == TrialState.COMPLETE and trial.value is not None:
             self.completed += 1
+            self.completions.append(trial)
             key = -trial.value if self.maximize else trial.value
             bisect.insort(self.ranked, (key, trial.number, trial), key=lambda entry: entry[:2])
             for step, value in trial.intermediate_values.items():

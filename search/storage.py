@@ -256,8 +256,12 @@ def open_storage(url_text: str, writable: bool = True, patience: float = RECONNE
             # Workers started at the same instant would race to create the tables.
             with schema_lock(url):
                 rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs)
+                optuna_adapter.create_indexes(rdb.engine)
         elif writable:
             rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs)
+            if not optuna_adapter.has_indexes(rdb.engine):  # tables made by Optuna or an older version
+                with schema_lock(url):
+                    optuna_adapter.create_indexes(rdb.engine)
         else:
             rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs,
                              skip_compatibility_check=True, skip_table_creation=True)
@@ -268,7 +272,4 @@ def open_storage(url_text: str, writable: bool = True, patience: float = RECONNE
     storage = ResilientStorage(rdb, database, writable)
     if writable:
         optuna_adapter.schema_state(storage.transactions, database)
-        if not optuna_adapter.has_indexes(storage.transactions):
-            with schema_lock(url):
-                optuna_adapter.create_indexes(storage.transactions)
     return storage

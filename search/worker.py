@@ -195,6 +195,7 @@ class Worker:
                     self.say(f"{name} re-queued as trial {successor}: {stop}")
                 raise
         if outcome is not None:
+            self.history.refresh()  # other workers' completions decide what is still among the best
             self.directory.keep_best(self.history, self.slots, self.config.keep_best)
             best = self.history.best(1)[0]
             self.say(f"trial {trial.number} complete: val_acc {outcome:.2%} in {time.monotonic() - started:.0f} s "

@@ -113,22 +113,25 @@ def _set_attrs(connection: sa.Connection, table: sa.Table, target: int, values: 
                                                         set_={"value_json": upsert.excluded.value_json}))
 
 
-# Claims look for a WAITING trial and stale checks for RUNNING ones: with this index
-# neither reads the study's finished trials (Optuna indexes trials by study only).
-UNFINISHED_INDEX = "hpsearch_trials_unfinished"
+# Optuna indexes trials by study only. Claims look for a WAITING trial and stale checks
+# for RUNNING ones, and a new trial takes the next number: with these indexes none of
+# them reads the study's finished trials.
+INDEXES = {
+    "hpsearch_trials_unfinished": "trials (study_id, state, trial_id) WHERE state IN ('WAITING', 'RUNNING')",
+    "hpsearch_trials_number": "trials (study_id, number)",
+}
 
 
 def has_indexes(engine: sa.Engine) -> bool:
-    return UNFINISHED_INDEX in {index["name"] for index in sa.inspect(engine).get_indexes("trials")}
+    return set(INDEXES) <= {index["name"] for index in sa.inspect(engine).get_indexes("trials")}
 
 
 def create_indexes(engine: sa.Engine) -> None:
-    """Add this project's index to Optuna's tables (the caller holds the schema lock). A
-    role that may not create it (not the tables' owner) still works, only slower."""
+    """Add this project's indexes to Optuna's tables (the caller holds the schema lock). A
+    role that may not create them (not the tables' owner) still works, only slower."""
     try:
         with engine.begin() as connection:
-            connection.exec_driver_sql(
-                f"CREATE INDEX IF NOT EXISTS {UNFINISHED_INDEX} ON trials (study_id, state, trial_id) "
-                "WHERE state IN ('WAITING', 'RUNNING')")
+            for name, definition in INDEXES.items():
+                connection.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {definition}")
     except sa.exc.DBAPIError:
         pass
