@@ -3,7 +3,10 @@
 PostgreSQL: a transaction-level advisory lock on a connection of its own, held for as
 long as that transaction stays open. The server releases it when the holder dies, and
 it works through a transaction-pooling PgBouncer too (the open transaction keeps its
-server connection), where a session-level lock would not. If the lock's connection is
+server connection), where a session-level lock would not. Waiters poll with
+``pg_try_advisory_xact_lock`` between short transactions instead of blocking: behind a
+pooler, hundreds of blocked waiters would hold every server connection while the holder
+waits for one to finish its work. If the lock's connection is
 lost while the body runs, another worker may have held the lock at the same time: the
 final check raises a connection error, and the caller redoes the (repeatable) body.
 SQLite: an ``flock`` on a file in the temporary directory named after the database's
@@ -16,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import random
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,10 +65,19 @@ def named_lock(url: URL, name: str, engine: sqlalchemy.Engine | None = None) -> 
     own = engine is None
     engine = single_connection_engine(url) if engine is None else engine
     try:
-        with engine.connect() as connection, connection.begin():
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
-            yield
-            connection.execute(sqlalchemy.text("SELECT 1"))  # still ours? (see the module docstring)
+        with engine.connect() as connection:
+            delay = 0.02
+            while True:
+                transaction = connection.begin()
+                if connection.execute(sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                      {"key": lock_key(name)}).scalar():
+                    break
+                transaction.rollback()  # gives the server connection back while waiting
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 1.0)
+            with transaction:
+                yield
+                connection.execute(sqlalchemy.text("SELECT 1"))  # still ours? (see the module docstring)
     finally:
         if own:
             engine.dispose()

@@ -42,6 +42,10 @@ auth_type = trust
 auth_file = {self.root / "users.txt"}
 pool_mode = transaction
 max_client_conn = {clients}
+listen_backlog = 4096
+admin_users = postgres
+log_connections = 0
+log_disconnections = 0
 default_pool_size = {server_connections}
 max_db_connections = {server_connections}
 server_reset_query =
@@ -57,18 +61,26 @@ logfile = {self.root / "log"}
     def start(self) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         ulimit = "ulimit -n 8192 2>/dev/null; "  # a socket per client and per server connection
+        # Its output goes to a file: a pipe nobody reads fills up, and PgBouncer (one
+        # process serving every client) then blocks on its next log line.
+        self.output = open(self.root / "stderr", "wb")
         self.process = subprocess.Popen(
             prefix + ["bash", "-c", ulimit + f"exec {self.binary} {self.root / 'pgbouncer.ini'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited: {self.process.stderr.read().decode()[-500:]}")
+                raise RuntimeError(f"pgbouncer exited: {(self.root / 'stderr').read_text()[-500:]}")
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             time.sleep(0.1)
         raise RuntimeError("pgbouncer did not start listening in 20 s")
+
+    def pid(self) -> int:
+        """PgBouncer's own process id (under runuser and bash)."""
+        found = subprocess.run(["pgrep", "-f", f"pgbouncer {self.root}"], capture_output=True, text=True).stdout
+        return int(found.split()[0]) if found.split() else self.process.pid
 
     def url(self, direct_url: str) -> str:
         """The pooled URL of a database given by its direct URL."""
@@ -84,4 +96,6 @@ logfile = {self.root / "log"}
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.process is not None:
+            self.output.close()
         shutil.rmtree(self.root, ignore_errors=True)
