@@ -7,8 +7,6 @@ kept in a server session (a ``SET``, a session advisory lock) would be lost or l
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,8 @@ from search.locking import named_lock
 from search.storage import open_storage
 from tests.pooler import PgBouncer
 from tests.postgres import PostgresServer
-from tests.workers import create_slow_study, logs, start_worker, states, wait_all, wait_until, worker_args
+from tests.workers import (create_slow_study, kill_a_checkpointed_trials_worker, logs, start_worker, states,
+                           wait_all, worker_args)
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +83,7 @@ def test_workers_through_the_pooler_finish_the_budget_and_resume_a_killed_worker
     logs_ = [tmp_path / f"worker{i}.log" for i in range(3)]
     workers = {process.pid: process for process in (start_worker(log, *args) for log in logs_)}
 
-    def checkpointed_trial():
-        study = optuna.load_study(study_name="pooled", storage=url)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("checkpoint", {}).get("epoch", 0) >= 1 and "worker" in trial.user_attrs:
-                return trial
-        return None
-
-    victim = wait_until(checkpointed_trial, timeout=300)
-    pid = int(victim.user_attrs["worker"].rsplit("/", 1)[1])
-    os.kill(pid, signal.SIGKILL)
-    workers.pop(pid).wait()
+    victim = kill_a_checkpointed_trials_worker(url, "pooled", workers)
     assert wait_all(list(workers.values()), timeout=600) == [0, 0], logs(logs_)
     trials = optuna.load_study(study_name="pooled", storage=url).get_trials(deepcopy=False)
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]

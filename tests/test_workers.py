@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -10,8 +9,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search import keys
-from tests.workers import (create_slow_study, logs, start_worker, states, system_attrs, wait_all, wait_until,
-                           worker_args)
+from tests.workers import (create_slow_study, kill_a_checkpointed_trials_worker, logs, start_worker, states,
+                           system_attrs, wait_all, wait_until, worker_args)
 
 
 def test_four_workers_started_at_once_finish_exactly_the_budget_within_the_disk_bound(postgres, fashion_dir,
@@ -66,17 +65,7 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(postgres
         process = start_worker(log, *args)
         workers[process.pid] = process
 
-    def checkpointed_trial():
-        study = optuna.load_study(study_name="kill", storage=url)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("checkpoint", {}).get("epoch", 0) >= 1 and "worker" in trial.user_attrs:
-                return trial
-        return None
-
-    victim = wait_until(checkpointed_trial, timeout=300)
-    pid = int(victim.user_attrs["worker"].rsplit("/", 1)[1])
-    os.kill(pid, signal.SIGKILL)
-    workers.pop(pid).wait()
+    victim = kill_a_checkpointed_trials_worker(url, "kill", workers)
     survivors = list(workers.values())
     assert wait_all(survivors, timeout=600) == [0], logs(logs_)
 

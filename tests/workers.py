@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -135,3 +136,21 @@ def dashboard(storage: str, artifacts: Path, cwd: Path) -> Iterator[Callable[[st
 
 def logs(paths: Sequence[Path]) -> str:
     return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}" for path in paths)
+
+
+def kill_a_checkpointed_trials_worker(url: str, study: str, workers: dict[int, subprocess.Popen[bytes]],
+                                      ) -> optuna.trial.FrozenTrial:
+    """Wait for a running trial with a checkpoint, kill -9 its worker (removed from
+    ``workers``) and return that trial."""
+    def checkpointed_trial() -> optuna.trial.FrozenTrial | None:
+        loaded = optuna.load_study(study_name=study, storage=url)
+        for trial in loaded.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("checkpoint", {}).get("epoch", 0) >= 1 and "worker" in trial.user_attrs:
+                return trial
+        return None
+
+    victim = wait_until(checkpointed_trial, timeout=300)
+    pid = int(victim.user_attrs["worker"].rsplit("/", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    workers.pop(pid).wait()
+    return victim
