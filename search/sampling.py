@@ -71,7 +71,7 @@ def median(values: list[float]) -> float:
 class HistoryMedianPruner(optuna.pruners.BasePruner):
     """``MedianPruner(n_startup_trials, n_warmup_steps, interval_steps=1)``, from ``History``."""
 
-    def __init__(self, history: History, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
+    def __init__(self, history: History, n_startup_trials: int, n_warmup_steps: int) -> None:
         self.history = history
         self.n_startup_trials = n_startup_trials
         self.n_warmup_steps = n_warmup_steps

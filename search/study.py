@@ -50,8 +50,12 @@ def make_sampler(seed: int | None, gamma: Callable[[int], int] | None = None) ->
                                           gamma=gamma)
 
 
+# The median rule's settings, for Optuna's MedianPruner and the worker's HistoryMedianPruner.
+MEDIAN_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
+
+
 def make_pruner() -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)
+    return optuna.pruners.MedianPruner(**MEDIAN_PRUNER, interval_steps=1)
 
 
 def load_existing(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None,

@@ -30,7 +30,7 @@ from search.history import History
 from search.sampling import BoundedSampler, HistoryMedianPruner
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
-from search.study import StudySpec, check_existing, join_study, make_sampler, worker_seed
+from search.study import MEDIAN_PRUNER, StudySpec, check_existing, join_study, make_sampler, worker_seed
 
 
 # Fault-injection hook for the tests: sleep this long between claiming a trial and
@@ -106,7 +106,7 @@ class Worker:
         self.history = History(self.storage, self.study, seed=self.index)
         sampler = make_sampler(worker_seed(config.seed, self.index), gamma=self.history.gamma)
         self.study.sampler = BoundedSampler(sampler, self.history)
-        self.study.pruner = HistoryMedianPruner(self.history)
+        self.study.pruner = HistoryMedianPruner(self.history, **MEDIAN_PRUNER)
         optuna_adapter.faster_tpe()
 
     def run(self) -> optuna.Study:

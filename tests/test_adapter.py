@@ -111,7 +111,8 @@ def test_a_slot_that_crashes_too_often_starts_over_as_a_fresh_trial(storage):
 
 def test_the_budget_holds_across_requeues_and_a_study_without_the_counter(storage):
     study, slots = joined(storage, 3)
-    first, _second = slots.claim("w"), slots.claim("w")
+    first = slots.claim("w")
+    assert slots.claim("w") is not None
     slots.requeue(first, "stale")
     retry = slots.claim("w")  # the retry, not a new slot
     slots.requeue(retry, "stopped")

@@ -16,7 +16,7 @@ from search import optuna_adapter
 from search.history import History
 from search.sampling import BoundedSampler, HistoryMedianPruner, median
 from search.storage import open_storage
-from search.study import StudySpec, join_study, make_pruner, make_sampler
+from search.study import MEDIAN_PRUNER, StudySpec, join_study, make_pruner, make_sampler
 
 SPEC = StudySpec("sampling", "fashion_mnist", 5)
 
@@ -89,7 +89,7 @@ def test_the_pruner_decides_as_optunas_median_pruner(joined):
     study, storage = joined
     rng = random.Random(3)
     history = History(storage, study)
-    ours, theirs = HistoryMedianPruner(history), make_pruner()
+    ours, theirs = HistoryMedianPruner(history, **MEDIAN_PRUNER), make_pruner()
     decisions = 0
     for batch in (0, 3, 2, 10, 40):  # before and after the 5 startup trials
         study.add_trials(finished(rng, batch, nan_share=0.15))
