@@ -63,7 +63,7 @@ def load_existing(storage: optuna.storages.BaseStorage, name: str, sampler: optu
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner())
     except KeyError:
-        known = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        known = optuna.study.get_all_study_names(storage)
         raise UserError(
             f"no study named {name!r} in this storage (studies: {', '.join(known) or 'none'}); "
             f"check --study and --storage"
@@ -92,7 +92,8 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
 
 
 def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
-    if name not in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
+    # Names only: the summaries would also find every study's best trial.
+    if name not in optuna.study.get_all_study_names(storage):
         return None
     return load_existing(storage, name)
 
@@ -121,10 +122,20 @@ def join_study(storage: ResilientStorage, spec: StudySpec, n_trials: int | None,
     """Create or load the study, check it fits ``spec``, raise its budget, register a worker.
 
     Returns the study (with a sampler seeded by base seed + worker index), the index, and
-    the study's token for its files in the artifact directory.
+    the study's token for its files in the artifact directory. Only a join that has
+    something to set up (create or describe the study, raise its budget, make its token)
+    takes the study's lock; the rest only read and take an index (one statement), so
+    hundreds of workers starting together do not queue behind one lock.
     """
 
-    def join_once() -> tuple[int, str]:
+    def settled(study: optuna.Study | None) -> bool:
+        if study is None or keys.OBJECTIVE not in study.user_attrs:
+            return False
+        budget = study.user_attrs.get(keys.BUDGET)
+        has_token = keys.TOKEN in storage.get_study_system_attrs(optuna_adapter.study_id(study))
+        return has_token and (n_trials is None or (budget is not None and budget >= n_trials))
+
+    def set_up() -> None:
         with study_lock(storage, spec.name):
             study = find_study(storage, spec.name)
             if study is None:
@@ -138,15 +149,16 @@ def join_study(storage: ResilientStorage, spec: StudySpec, n_trials: int | None,
             if n_trials is not None and (budget is None or n_trials > budget):
                 study.set_user_attr(keys.BUDGET, n_trials)
             study_id = optuna_adapter.study_id(study)
-            system = storage.get_study_system_attrs(study_id)
-            index = int(system.get(keys.WORKERS, 0))
-            storage.set_study_system_attr(study_id, keys.WORKERS, index + 1)
-            token = system.get(keys.TOKEN) or new_token()
-            storage.set_study_system_attr(study_id, keys.TOKEN, token)
-            return index, token
+            if keys.TOKEN not in storage.get_study_system_attrs(study_id):
+                storage.set_study_system_attr(study_id, keys.TOKEN, new_token())
 
-    # Only the lock's own connection errors reach this retry (storage calls retry inside).
-    index, token = storage.database.retrying(join_once)
-    sampler = make_sampler(worker_seed(base_seed, index))
-    return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler,
-                             pruner=make_pruner()), index, token
+    study = find_study(storage, spec.name)
+    if not settled(study):
+        # Only the lock's own connection errors reach this retry (storage calls retry inside).
+        storage.database.retrying(set_up)
+        study = load_existing(storage, spec.name)
+    check_compatible(study, spec)
+    index = storage.slots(study).register_worker()
+    token = storage.get_study_system_attrs(optuna_adapter.study_id(study))[keys.TOKEN]
+    study.sampler = make_sampler(worker_seed(base_seed, index))
+    return study, index, token

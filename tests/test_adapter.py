@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from search import keys, optuna_adapter
 from search.errors import StorageError
 from search.storage import ResilientStorage, open_storage
-from search.study import StudySpec, join_study
+from search.study import StudySpec, join_study, study_lock
 from tests.proxy import FaultProxy
 
 SPEC = StudySpec("slots", "fashion_mnist", 3)
@@ -67,6 +67,35 @@ def test_concurrent_claims_create_exactly_the_budget(storage):
     assert len(claimed) == len(set(claimed)) == 25
     trials = fetch(study)
     assert sorted(t.number for t in trials) == list(range(25))
+
+
+def test_joins_take_distinct_indexes_and_only_set_up_takes_the_lock(storage):
+    joined(storage, 5)
+    indexes: list[int] = []
+
+    def join() -> None:
+        indexes.append(join_study(storage, SPEC, 5, 0)[1])
+
+    # While another process holds the study's set-up lock, joins that set nothing up go
+    # through (each takes the next index in one statement); a budget raise waits for it.
+    other = open_storage(storage.database.url.render_as_string(hide_password=False))
+    with study_lock(other, SPEC.name):
+        threads = [threading.Thread(target=join) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        assert len(indexes) == 8
+        raising = threading.Thread(target=join_study, args=(storage, SPEC, 6, 0))
+        raising.start()
+        raising.join(timeout=3)
+        assert raising.is_alive()
+    other.close()
+    raising.join(timeout=30)
+    assert not raising.is_alive()
+    assert sorted(indexes) == list(range(1, 9))  # the first join was index 0
+    assert storage.get_study_system_attrs(optuna_adapter.study_id(joined(storage, 6)[0]))[keys.WORKERS] == 11
 
 
 def test_requeue_moves_the_slot_to_one_retry_and_is_safe_to_repeat(storage):

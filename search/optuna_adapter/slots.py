@@ -72,6 +72,21 @@ class Slots:
             study_user_attrs.c.study_id == self.study_id, study_user_attrs.c.key == keys.BUDGET)).scalar()
         return None if value is None else int(json.loads(value))
 
+    def register_worker(self) -> int:
+        """A new worker's index: the study's worker counter, incremented in one statement, so
+        joins need no lock. A retry after a lost reply may skip an index; none is ever shared."""
+
+        def increment() -> int:
+            counter = sa.cast(sa.cast(study_system_attrs.c.value_json, sa.Integer) + 1, sa.Text)
+            with self.engine.begin() as connection:
+                upsert = _insert(connection)(study_system_attrs).values(
+                    study_id=self.study_id, key=keys.WORKERS, value_json="1")
+                registered = connection.execute(upsert.on_conflict_do_update(
+                    index_elements=["study_id", "key"], set_={"value_json": counter},
+                ).returning(study_system_attrs.c.value_json)).scalar()
+            return int(json.loads(registered)) - 1
+        return self.database.retrying(increment)
+
     def progress(self) -> Progress:
         def read() -> Progress:
             with self.engine.connect() as connection:
