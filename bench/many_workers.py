@@ -10,7 +10,7 @@ share a budget of ``--trials``. Workers are forked from this process after the i
 so 200 of them fit in memory and start in seconds.
 
 Prints: finished trials against the budget (exact: not one more, not one less), trial
-states, worker exit codes, connection errors (every "lost the connection" line a worker
+states, worker exit codes, how long until every worker had joined, connection errors (every "lost the connection" line a worker
 logged, and every error exit), the peak number of server connections (client backends
 in ``pg_stat_activity``, polled every 0.2 s).
 
@@ -49,13 +49,13 @@ def work(url: str, budget: int, epoch_seconds: float, log: Path, artifacts: Path
     """The body of one forked worker process: a real worker, its lines in ``log``."""
     with open(log, "w", buffering=1) as out:
         def say(line: str) -> None:
-            out.write(line + "\n")
+            out.write(f"{time.time():.3f} {line}\n")
         try:
             Worker(WorkerConfig(storage=url, study=STUDY, objective="fashion_mnist", epochs=EPOCHS,
                                 n_trials=budget, data_dir=None, artifacts=str(artifacts)),
                    say=say, workload=NoTraining(epoch_seconds)).run()
         except BaseException as error:  # noqa: BLE001 - reported through the exit code
-            say(f"ERROR {type(error).__name__}: {error}")
+            say(f"ERROR: {type(error).__name__}: {error}")
             out.flush()
             os._exit(1)
     os._exit(0)
@@ -98,7 +98,7 @@ def main() -> None:
     try:
         max_connections = server.scalar(server.url(), "SHOW max_connections")
         url = pooler.url(server.new_database())
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         children = {}
         for index in range(args.workers):
             log = work_dir / f"worker{index}.log"
@@ -117,9 +117,10 @@ def main() -> None:
         peaks.done.set()
         peaks.thread.join()
 
-        lines = [line for log in children.values() for line in log.read_text().splitlines()]
-        lost = [line for line in lines if "lost the connection" in line]
-        errors = [line for line in lines if line.startswith("ERROR")]
+        lines = [line.split(" ", 1) for log in children.values() for line in log.read_text().splitlines()]
+        lost = [line for _, line in lines if "lost the connection" in line]
+        errors = [line for _, line in lines if line.startswith("ERROR:")]
+        joined = sorted(float(at) - started_at for at, line in lines if " joined study " in line)
         trials = optuna.load_study(study_name=STUDY, storage=server.url(url.rsplit("/", 1)[1])).get_trials(
             deepcopy=False)
         count = collections.Counter(trial.state.name for trial in trials)
@@ -135,6 +136,9 @@ def main() -> None:
           f"({count['COMPLETE']} complete, {count['PRUNED']} pruned), {retried} failed and retried, "
           f"{count['RUNNING']} running, {count['WAITING']} waiting left")
     print(f"worker exit codes: {dict(codes)}")
+    if joined:
+        print(f"joined: {len(joined)} workers, the last {joined[-1]:.0f} s after the first start "
+              f"(starts staggered {args.stagger} s: the last started at {args.stagger * (args.workers - 1):.0f} s)")
     print(f"connection errors: {len(lost)} lost-connection lines, {len(errors)} worker errors")
     for line in (lost + errors)[:5]:
         print(f"  {line}")

@@ -2,8 +2,9 @@
 
 Sampling and pruning used to read every trial from the database several times per
 trial, and TPE fitted every past trial: per-trial cost grew with the study. ``History``
-reads once per trial, and only trials that are new or were unfinished at the last read
-(finished trials never change). From that it keeps, incrementally:
+reads once per trial, and only trials that are new or whose state changed since the last
+read (finished trials never change; of a running one, the sampler needs only its params,
+written once). From that it keeps, incrementally:
 
 * for the pruner, each step's intermediate values of completed trials, sorted, so the
   median rule is exact at any study size (``sampling.HistoryMedianPruner``);
@@ -58,13 +59,14 @@ class History:
         self.read_at = -math.inf  # time.monotonic() of the last refresh
         self._subset: tuple[int, list[FrozenTrial]] = (-1, [])
 
-    def refresh(self, max_age: float = 0.0) -> None:
-        """Read the trials added or changed since the last refresh (one query), unless the
-        last refresh is younger than ``max_age`` seconds."""
+    def refresh(self, max_age: float = 0.0, fresh: Iterable[int] = ()) -> None:
+        """Read the trials added or changed since the last refresh, unless the last refresh
+        is younger than ``max_age`` seconds; the trials ``fresh`` (ids) are read whole."""
         if time.monotonic() - self.read_at < max_age:
             return
         self.read_at = time.monotonic()
-        for trial in optuna_adapter.changed_trials(self.storage, self.study_id, self.unfinished, self.last_id):
+        for trial in optuna_adapter.changed_trials(self.storage, self.study_id, self.unfinished, self.last_id,
+                                                   fresh):
             self.last_id = max(self.last_id, optuna_adapter.trial_id(trial))
             self._absorb(trial)
         self.version += 1

@@ -156,7 +156,7 @@ class Worker:
             return False
         if FAULT_PAUSE_AFTER_CLAIM in os.environ:
             time.sleep(float(os.environ[FAULT_PAUSE_AFTER_CLAIM]))  # tests kill -9 the worker here
-        self.history.refresh()
+        self.history.refresh(fresh=[claimed])  # its copy must be current: it is resumed from
         self.run_trial(claimed, objective)
         return True
 

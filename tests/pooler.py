@@ -1,6 +1,6 @@
 """A throwaway PgBouncer in transaction pooling mode in front of a ``PostgresServer``.
 
-Configured as docker-compose configures its pooler (``deploy/pgbouncer.ini``): every
+Configured as docker-compose configures its pooler (``deploy/pgbouncer/entrypoint.sh``): every
 transaction gets whichever server connection is free, at most ``server_connections``
 of them per database, so hundreds of workers share a server with
 ``max_connections=100``.

@@ -84,6 +84,23 @@ def test_history_read_incrementally_equals_a_full_read(joined):
     assert not list(history.running())
 
 
+def test_history_rereads_a_running_trial_once_its_params_are_written_or_when_asked(joined):
+    study, storage = joined
+    history = History(storage, study)
+    trial = study.ask()
+    trial_id = optuna_adapter.trial_id(trial)
+    history.refresh()
+    assert history.trial(trial_id).params == {}
+    trial.suggest_float("x", 0, 1)
+    history.refresh()
+    assert history.trial(trial_id).params == trial.params  # the sampler's constant liar sees it
+    trial.set_user_attr("seen", 1)
+    history.refresh()
+    assert history.trial(trial_id).user_attrs == {}  # unchanged state and params: not read again
+    history.refresh(fresh=[trial_id])
+    assert history.trial(trial_id).user_attrs == {"seen": 1}
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on all-NaN steps, as in Optuna
 def test_the_pruner_decides_as_optunas_median_pruner(joined):
     study, storage = joined

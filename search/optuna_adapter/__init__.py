@@ -14,9 +14,10 @@ no public call does the job:
   popping a WAITING trial or creating one; ``claim`` does that step itself (below), so
   it builds the trial the same way. ``study._storage`` there is the worker's
   ``ResilientStorage``, told which trial it now runs (``search.own_trials``).
-* ``RDBStorage._get_trials(study_id, states, included_ids, greater_than)``: the one
-  query that reads only new trials and the given unfinished ones (``changed_trials``);
-  the public ``get_all_trials`` reads, sorts and copies every trial each time.
+* ``RDBStorage._get_trials(study_id, states, included_ids, greater_than)``: reads only
+  new trials and the given ones: the unfinished trials whose state changed, found by one
+  query on the trials table (``changed_trials``); the public ``get_all_trials`` reads,
+  sorts and copies every trial each time.
 * ``StudyView`` overrides ``Study._get_trials``, which Optuna's samplers call to read
   history, so that TPE fits a bounded part of it (``search.sampling.BoundedSampler``).
 * ``_truncnorm._log_ndtr``: TPE evaluates log Phi element by element in Python; with a
