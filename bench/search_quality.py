@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     dataset = subset(load_dataset("fashion_mnist", None), args.train_size)
     marks = sorted({min(args.trials, mark) for mark in (50, 100, 150, 200, 300, 500)} | {args.trials})
     started = time.monotonic()
