@@ -1,6 +1,7 @@
 """Command-line options that also read ``SEARCH_*`` environment variables, checked up front.
 
-A value comes from its flag, else from its environment variable, else from its default.
+A value comes from its flag, else from its environment variable (or the file named by
+``<variable>_FILE``, for secrets), else from its default.
 The environment is read only for the command being run, after parsing, so an unrelated
 bad variable (``SEARCH_N_TRIALS=abc`` while running ``search status``) is never touched,
 and a bad one is reported under its own name. Every converter rejects what the command
@@ -15,6 +16,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from search.errors import UserError
@@ -84,20 +86,40 @@ def add(parser: argparse.ArgumentParser, command: str, flag: str, env: str, help
     FROM_ENV.setdefault(command, {})[action.dest] = EnvDefault(f"SEARCH_{env}", convert, default)
 
 
+def from_environment(variable: str) -> tuple[str, str, str] | None:
+    """``variable``'s value, or the content of the file ``<variable>_FILE`` names (Docker and
+    Kubernetes secrets are files: ``SEARCH_STORAGE_FILE=/run/secrets/storage``); with how a
+    message names where it came from, and the fix. None if neither is set."""
+    raw, path = os.environ.get(variable), os.environ.get(f"{variable}_FILE")
+    if path is None:
+        return None if raw is None else (raw, f"{variable}={raw!r} (from the environment)",
+                                         f"fix or unset {variable}")
+    if raw is not None:
+        raise UserError(f"both {variable} and {variable}_FILE are set; unset one of them")
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+        raise UserError(f"{variable}_FILE={path!r}: cannot read it ({reason}); "
+                        f"fix the path or mount the secret there") from None
+    # The file's content is not shown: it is usually a secret.
+    return content.strip(), f"{variable}_FILE={path!r} (the file's content)", f"fix the file or unset {variable}_FILE"
+
+
 def resolve(args: argparse.Namespace, required: tuple[str, ...] = ()) -> None:
     """Fill options not given on the command line from the environment, then defaults."""
     for dest, source in FROM_ENV.get(args.command, {}).items():
         if getattr(args, dest) is not None:
             continue
-        raw = os.environ.get(source.variable)
-        if raw is None:
+        found = from_environment(source.variable)
+        if found is None:
             setattr(args, dest, source.default)
             continue
+        raw, origin, fix = found
         try:
             setattr(args, dest, source.convert(raw))
         except (argparse.ArgumentTypeError, ValueError) as error:
-            raise UserError(f"{source.variable}={raw!r} (from the environment): {error}; fix or unset "
-                            f"{source.variable}") from None
+            raise UserError(f"{origin}: {error}; {fix}") from None
     for dest in required:
         if getattr(args, dest) is None:
             variable = FROM_ENV[args.command][dest].variable

@@ -229,6 +229,12 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("env-device", ["run"], "unknown --device 'tpu'", {"SEARCH_DEVICE": "tpu"}),
     ("env-port", ["dashboard", "--storage", "{db}"], "SEARCH_DASHBOARD_PORT='0'", {"SEARCH_DASHBOARD_PORT": "0"}),
     ("env-epochs-empty", ["run"], "SEARCH_EPOCHS=''", {"SEARCH_EPOCHS": ""}),
+    ("env-file-missing", ["status", "--study", "ready"], "SEARCH_STORAGE_FILE='{w}/no-secret': cannot read it "
+     "(No such file or directory); fix the path or mount the secret there", {"SEARCH_STORAGE_FILE": "{w}/no-secret"}),
+    ("env-file-and-value", ["status", "--study", "ready"], "both SEARCH_STORAGE and SEARCH_STORAGE_FILE are set",
+     {"SEARCH_STORAGE": "{db}", "SEARCH_STORAGE_FILE": "{w}/notes.txt"}),
+    ("env-file-bad-value", ["run"], "SEARCH_EPOCHS_FILE='{w}/notes.txt' (the file's content): 'an existing file",
+     {"SEARCH_EPOCHS_FILE": "{w}/notes.txt"}),
     # devices
     ("device-cuda", ["run", "--device", "cuda"], "no CUDA GPU is visible", {}),
     ("device-cuda-7", ["run", "--device", "cuda:7"], "--device cuda:7", {}),

@@ -102,6 +102,12 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     assert "exists with direction minimize" in line
     assert database_snapshot(url) == before
 
+    # The storage URL from a secret file (Docker and Kubernetes mount secrets as files).
+    secret = tmp_path / "storage-secret"
+    secret.write_text(url + "\n")
+    done = run_search("status", "--study", "shared", env={"SEARCH_STORAGE_FILE": str(secret)})
+    assert done.returncode == 0 and "finished 2 " in done.stdout, done.stdout + done.stderr
+
 
 def test_dashboard_serves_the_study_and_only_the_kept_weights(tmp_path, fashion_dir):
     storage = f"sqlite:///{tmp_path / 'dash.db'}"

@@ -30,9 +30,10 @@ def search_env() -> dict[str, str]:
     return env
 
 
-def run_search(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_search(*args: str, timeout: float = 300, cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=search_env(), cwd=cwd)
+                          timeout=timeout, env={**search_env(), **(env or {})}, cwd=cwd)
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
