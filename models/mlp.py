@@ -67,6 +67,29 @@ class MLPClassifier(nn.Sequential):
         super().__init__(*layers)
 
 
+def describe_layout(model: MLPClassifier) -> list[str]:
+    """The layers in plain words, one per ``state_dict`` index: enough to rebuild the model
+    with any framework from an exported file, without this package."""
+    described = []
+    for index, layer in enumerate(model):
+        if isinstance(layer, Standardize):
+            text = (f"Standardize: y = (x - mean) * inv_std, buffers mean and inv_std of {layer.mean.numel()} "
+                    f"value(s) (one, or one per input); takes raw features (pixels 0-255, table columns)")
+        elif isinstance(layer, nn.Linear):
+            text = (f"Linear {layer.in_features} -> {layer.out_features}, "
+                    + ("weight and bias" if layer.bias is not None else "weight only (batch norm follows)"))
+        elif isinstance(layer, nn.BatchNorm1d):
+            text = (f"BatchNorm1d {layer.num_features}, eps {layer.eps}: weight, bias, running_mean, running_var "
+                    f"(num_batches_tracked unused at inference)")
+        elif isinstance(layer, nn.Dropout):
+            text = f"Dropout p={layer.p}: identity at inference, no parameters"
+        else:
+            text = f"{type(layer).__name__} activation, no parameters"
+        described.append(f"{index}: {text}")
+    described.append(f"output: {model[-1].out_features} logits (argmax = class index)")
+    return described
+
+
 def _count(value: Any, name: str, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}")

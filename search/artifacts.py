@@ -24,7 +24,7 @@ import io
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +50,14 @@ def new_token() -> str:
     return uuid.uuid4().hex[:TOKEN_LENGTH]
 
 
-def save_atomically(path: Path, payload: Any) -> None:
-    """``torch.save`` to ``path`` so that a reader (or a crash) never sees half a file, and a
-    failure (a full disk) leaves no file and raises OSError. The bytes are made in memory
-    first: torch's own file writer reports a full disk as a RuntimeError."""
+def save_atomically(path: Path, payload: Any, save: Callable[[Any, io.BytesIO], None] | None = None) -> None:
+    """``torch.save`` (or ``save``) to ``path`` so that a reader (or a crash) never sees half a
+    file, and a failure (a full disk) leaves no file and raises OSError. The bytes are made
+    in memory first: torch's own file writer reports a full disk as a RuntimeError."""
     import torch  # here, not at the top: the worker loop runs without torch in the scale benchmarks
 
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    (save or torch.save)(payload, buffer)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as handle:

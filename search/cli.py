@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     best = commands.add_parser("best", help="show the best trial; --export writes its model file")
     add_common(best, "best", "study", "storage", "artifacts", "data", "device")
     best.add_argument("--json", action="store_true", help="print the best trial as JSON")
-    best.add_argument("--export", metavar="PATH", type=options.text, help="write the best model to PATH (.pt)")
+    best.add_argument("--export", metavar="PATH", type=options.text, help="write the best model to PATH: .pt "
+                      "(state_dict + hyperparameters) or .pt2 (a torch.export program that needs only torch)")
     best.add_argument("--force", action="store_true", help="let --export replace a file that is not a model "
                       "exported by search")
     best.add_argument("--retrain", action="store_true",

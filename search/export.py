@@ -8,7 +8,10 @@ An exported file is a plain dict saved with ``torch.save``::
                   "preprocessing", "params", "epochs", "library_versions", ...}}
 
 so ``torch.load(path, weights_only=True)`` reads it and ``models.load_exported(path)``
-rebuilds the model, with no code from this project beyond ``models``.
+rebuilds the model, with no code from this project beyond ``models``; ``metadata["layout"]``
+says what each ``state_dict`` index is, in words, for rebuilding it without ``models``.
+``--export PATH.pt2`` writes a ``torch.export`` program instead, which runs with torch
+alone (the same metadata inside).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import platform
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,10 +30,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from models import build_mlp, describe_layout
 from search import keys
 from search.errors import UserError
 
 FORMAT_VERSION = 1
+PROGRAM_SUFFIX = ".pt2"  # --export PATH.pt2 writes a torch.export program instead
+PROGRAM_METADATA = "hpsearch.json"
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
@@ -62,7 +69,10 @@ def check_writable(path: Path, force: bool) -> None:
         raise UserError(f"cannot export to {path}: it is a directory; give a file path such as {path / 'model.pt'}")
     if path.exists() and not force:
         try:
-            read_exported(path)
+            if path.suffix != PROGRAM_SUFFIX:
+                read_exported(path)
+            elif not is_program(path):
+                raise ExportedModelError(str(path))
         except ExportedModelError:
             raise UserError(f"{path} exists and is not a model exported by search; pass --force to replace "
                             f"it, or choose another --export path") from None
@@ -101,7 +111,6 @@ def stored_weights(directory: Any, trial: FrozenTrial) -> dict[str, Any]:
 def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_name: str,
             say: Callable[[str], None]) -> tuple[torch.nn.Module, dict[str, Any], float]:
     """Train the trial's hyperparameters on train+validation for its epoch count; test accuracy."""
-    from models import build_mlp
     from objectives import load_dataset, space
     from objectives.datasets import Split
     from objectives.trainer import Trainer, accuracy, pick_device
@@ -172,10 +181,46 @@ def command_best(args: argparse.Namespace) -> int:
         weights = stored_weights(ArtifactDirectory(args.artifacts), trial)
         state_dict, hyperparameters = weights["model_state_dict"], weights["model_hyperparameters"]
     metadata.update(describe_inputs(objective, hyperparameters))
+    metadata["layout"] = describe_layout(build_mlp(hyperparameters))
+    if export.suffix == PROGRAM_SUFFIX:
+        write_program(export, state_dict, hyperparameters, metadata)
+        say(f"exported trial {trial.number} to {export}: a torch.export program, "
+            f"torch.export.load({str(export)!r}).module()(x) with x float32 [batch, {hyperparameters['n_inputs']}]")
+        return 0
     write_export(export, {"model_state_dict": state_dict, "model_hyperparameters": hyperparameters,
                           "metadata": metadata})
     say(f"exported trial {trial.number} to {export}")
     return 0
+
+
+def write_program(path: Path, state_dict: dict[str, Any], hyperparameters: dict[str, Any],
+                  metadata: dict[str, Any]) -> None:
+    """The model as a ``torch.export`` program (any batch size) that runs with torch alone;
+    the metadata travels in it as ``extra/{PROGRAM_METADATA}`` (``torch.export.load(...,
+    extra_files={PROGRAM_METADATA: ""})``)."""
+    from search.artifacts import save_atomically
+
+    model = build_mlp(hyperparameters)
+    model.load_state_dict(state_dict)
+    model.eval()
+    example = torch.zeros(2, hyperparameters["n_inputs"])
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    extra = {PROGRAM_METADATA: json.dumps(metadata)}
+    try:
+        save_atomically(path, program, save=lambda program_, file: torch.export.save(program_, file,
+                                                                                     extra_files=extra))
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}; free space there or choose another "
+                        f"--export path") from None
+
+
+def is_program(path: Path) -> bool:
+    """A ``.pt2`` file ``write_program`` wrote (its metadata entry is there)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"/extra/{PROGRAM_METADATA}") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def describe_inputs(objective: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:

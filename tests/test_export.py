@@ -73,6 +73,56 @@ def test_exported_model_reproduces_validation_accuracy_in_a_fresh_process(finish
     assert result["loaded"] == []
 
 
+# Started with -I -S (no site, no .pth files: this project's editable install is not on
+# the path), then only the directory torch is installed in: torch (and what sits beside
+# it, never imported).
+PROGRAM_CHILD = """
+import importlib.util, json, sys
+sys.path.append(sys.argv[3])
+assert not any(importlib.util.find_spec(name) for name in ("models", "search", "objectives"))
+import torch
+extra = {"hpsearch.json": ""}
+program = torch.export.load(sys.argv[1], extra_files=extra)
+features = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    logits = program.module()(features.float())
+torch.save(logits, sys.argv[2] + ".logits")
+assert not [name for name in sys.modules if name.split(".")[0] == "optuna"]
+print(json.dumps(json.loads(extra["hpsearch.json"])))
+"""
+
+
+def test_program_export_runs_with_torch_alone_and_predicts_the_same(finished_study, tmp_path):
+    from models import load_exported
+
+    state, program = tmp_path / "model.pt", tmp_path / "model.pt2"
+    for path in state, program:
+        done = run_search(*best_args(finished_study, "--export", str(path)))
+        assert done.returncode == 0, done.stderr
+    assert "torch.export program" in done.stdout
+    features = load_dataset("fashion_mnist", finished_study["data_dir"]).validation.features[:300]
+    inputs = tmp_path / "inputs.pt"
+    torch.save(features, inputs)
+    site_packages = str(Path(torch.__file__).parents[1])
+    child = subprocess.run([sys.executable, "-I", "-S", "-c", PROGRAM_CHILD, str(program), str(inputs),
+                            site_packages], capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert child.returncode == 0, child.stderr
+    metadata = json.loads(child.stdout)
+    assert metadata == torch.load(state, weights_only=True)["metadata"]
+    assert metadata["layout"][0].startswith("0: Standardize") and metadata["layout"][-1] == "output: 10 logits (argmax = class index)"
+    with torch.no_grad():
+        expected = load_exported(state)(features.float())
+    logits = torch.load(f"{inputs}.logits", weights_only=True)
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    torch.testing.assert_close(logits, expected)
+
+    notes = tmp_path / "notes.pt2"
+    notes.write_text("not a program")
+    line = one_error_line(run_search(*best_args(finished_study, "--export", str(notes))))
+    assert "is not a model exported by search; pass --force" in line
+    assert run_search(*best_args(finished_study, "--export", str(program))).returncode == 0  # replaces its own
+
+
 def test_best_prints_the_best_trial_as_json(finished_study):
     done = run_search(*best_args(finished_study, "--json"))
     assert done.returncode == 0, done.stderr
