@@ -51,11 +51,15 @@ def epochs_run(trial: FrozenTrial) -> int:
 
 
 def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-    duration = trial.duration.total_seconds() if trial.duration else None
+    # A trial that continues failed attempts (a dead worker's, resumed from their checkpoint)
+    # took all of their time: retry_history lists them.
+    numbers = {*trial.system_attrs.get(keys.RETRY_HISTORY, []), trial.number}
+    attempts = [earlier for earlier in study.get_trials(deepcopy=False) if earlier.number in numbers]
+    seconds = [attempt.duration.total_seconds() for attempt in attempts if attempt.duration]
     return {
         "study": study.study_name, "trial_number": trial.number, "validation_accuracy": trial.value,
-        "params": trial.params, "epochs": epochs_run(trial), "duration_s": duration,
-        "objective": study.user_attrs.get(keys.OBJECTIVE),
+        "params": trial.params, "epochs": epochs_run(trial), "duration_s": sum(seconds) if seconds else None,
+        "attempts": len(attempts), "objective": study.user_attrs.get(keys.OBJECTIVE),
     }
 
 
@@ -161,8 +165,9 @@ def command_best(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        attempts = f" over {summary['attempts']} attempts" if summary["attempts"] > 1 else ""
         print(f"best trial {trial.number} of study {study.study_name!r}: val_acc {trial.value:.2%} "
-              f"after {summary['epochs']} epochs in {summary['duration_s'] or 0:.0f} s")
+              f"after {summary['epochs']} epochs in {summary['duration_s'] or 0:.0f} s{attempts}")
         for key, value in trial.params.items():
             print(f"  {key} = {value}")
     if export is None:

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from search import keys, optuna_adapter
 from search.errors import StorageError
+from search.export import trial_summary
 from search.storage import ResilientStorage, open_storage
 from search.study import StudySpec, join_study, study_lock
 from tests.proxy import FaultProxy
@@ -96,6 +97,22 @@ def test_joins_take_distinct_indexes_and_only_set_up_takes_the_lock(storage):
     assert not raising.is_alive()
     assert sorted(indexes) == list(range(1, 9))  # the first join was index 0
     assert storage.get_study_system_attrs(optuna_adapter.study_id(joined(storage, 6)[0]))[keys.WORKERS] == 11
+
+
+def test_the_summary_of_a_retried_trial_counts_every_attempt(storage):
+    study, slots = joined(storage, 1)
+    first = optuna_adapter.open_trial(study, slots.claim("w"))
+    first.report(0.5, 1)
+    time.sleep(0.3)
+    slots.requeue(optuna_adapter.trial_id(first), "stale")
+    retry = optuna_adapter.open_trial(study, slots.claim("w"))
+    time.sleep(0.2)
+    study.tell(retry, 0.9)
+    trials = {trial.number: trial for trial in fetch(study)}
+    summary = trial_summary(study, trials[retry.number])
+    assert summary["attempts"] == 2
+    assert summary["duration_s"] == pytest.approx(sum(t.duration.total_seconds() for t in trials.values()))
+    assert summary["duration_s"] > trials[retry.number].duration.total_seconds() + 0.25
 
 
 def test_requeue_moves_the_slot_to_one_retry_and_is_safe_to_repeat(storage):
