@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--retrain", action="store_true",
                       help="retrain the best hyperparameters on train+validation and measure test accuracy")
 
+    report = commands.add_parser("report", help="the study as a self-contained HTML page, PNG plots and a CSV")
+    add_common(report, "report", "study", "storage")
+    report.add_argument("--out", metavar="DIR", type=options.text,
+                        help="directory to write into (default report-STUDY; created if missing)")
+
     evaluate = commands.add_parser("evaluate", help="test-set accuracy of an exported model file")
     evaluate.add_argument("path", type=options.text, help="an exported .pt file")
     add_common(evaluate, "evaluate", "data")
@@ -174,6 +179,12 @@ def command_best(args: argparse.Namespace) -> int:
     return best(args)
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from search.report import command_report as report
+
+    return report(args)
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     from search.export import command_evaluate as evaluate
 
@@ -181,11 +192,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"run": command_work, "worker": command_work, "status": command_status,
-            "dashboard": command_dashboard, "best": command_best, "evaluate": command_evaluate}
+            "dashboard": command_dashboard, "best": command_best, "report": command_report,
+            "evaluate": command_evaluate}
 
 
 def run(args: argparse.Namespace) -> int:
-    required = {"status": ("study",), "best": ("study",)}.get(args.command, ())
+    required = {"status": ("study",), "best": ("study",), "report": ("study",)}.get(args.command, ())
     options.resolve(args, required)
     return HANDLERS[args.command](args)
 

@@ -50,16 +50,22 @@ def epochs_run(trial: FrozenTrial) -> int:
     return max(trial.intermediate_values, default=0)
 
 
-def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-    # A trial that continues failed attempts (a dead worker's, resumed from their checkpoint)
-    # took all of their time: retry_history lists them.
+def slot_time(trial: FrozenTrial, by_number: dict[int, FrozenTrial]) -> tuple[float | None, int]:
+    """Seconds and attempts of the trial's slot: a trial that continues failed attempts (a
+    dead worker's, resumed from their checkpoint) took all of their time too, and
+    ``retry_history`` lists them."""
     numbers = {*trial.system_attrs.get(keys.RETRY_HISTORY, []), trial.number}
-    attempts = [earlier for earlier in study.get_trials(deepcopy=False) if earlier.number in numbers]
+    attempts = [by_number[number] for number in numbers if number in by_number]
     seconds = [attempt.duration.total_seconds() for attempt in attempts if attempt.duration]
+    return (sum(seconds) if seconds else None), len(attempts)
+
+
+def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    seconds, attempts = slot_time(trial, {earlier.number: earlier for earlier in study.get_trials(deepcopy=False)})
     return {
         "study": study.study_name, "trial_number": trial.number, "validation_accuracy": trial.value,
-        "params": trial.params, "epochs": epochs_run(trial), "duration_s": sum(seconds) if seconds else None,
-        "attempts": len(attempts), "objective": study.user_attrs.get(keys.OBJECTIVE),
+        "params": trial.params, "epochs": epochs_run(trial), "duration_s": seconds, "attempts": attempts,
+        "objective": study.user_attrs.get(keys.OBJECTIVE),
     }
 
 

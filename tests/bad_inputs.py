@@ -222,6 +222,11 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
      "--retrain needs somewhere to write", {}),
     ("force-no-export", ["best", "--study", "ready", "--storage", "{db}", "--force"], "--force only applies", {}),
     ("evaluate-no-path", ["evaluate"], "required: path", {}),
+    ("report-no-study", ["report", "--storage", "{db}"], "needs a study", {}),
+    ("report-out-file", ["report", "--study", "ready", "--storage", "{db}", "--out", "{w}/notes.txt"],
+     "--out {w}/notes.txt is a file; give a directory", {}),
+    ("report-out-nowhere", ["report", "--study", "ready", "--storage", "{db}", "--out", "{w}/no/such/dir"],
+     "directory {w}/no/such does not exist", {}),
     # the environment
     ("env-timeout", ["run"], "SEARCH_TIMEOUT='soon' (from the environment)", {"SEARCH_TIMEOUT": "soon"}),
     ("env-trials", ["run"], "SEARCH_N_TRIALS='abc'", {"SEARCH_N_TRIALS": "abc"}),
