@@ -46,7 +46,7 @@ class NoTraining:
         rng = random.Random(worker.index)
 
         def objective(trial: optuna.Trial) -> float:
-            params = space.suggest(trial)
+            params = space.suggest(trial, worker.space)
             trial.set_user_attr(keys.SEED, trial.number)
             final = accuracy(params, rng)
             if report_and_prune(trial, final, self.epoch_seconds):

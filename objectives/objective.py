@@ -23,6 +23,7 @@ class ObjectiveSettings:
     epochs: int
     device: torch.device
     seed: int = 0
+    space: space.Space | None = None  # None: the default space
 
 
 class EpochHooks:
@@ -50,7 +51,7 @@ def make_objective(dataset: Dataset, settings: ObjectiveSettings,
     validation = dataset.validation.to(settings.device)
 
     def objective(trial: optuna.Trial) -> float:
-        params = space.suggest(trial)
+        params = space.suggest(trial, settings.space)
         seed = hooks.trial_seed(trial, settings.seed)
         torch.manual_seed(seed)
         model = build_mlp(space.model_hyperparameters(params, dataset))

@@ -1,6 +1,9 @@
 """The search space, and the conversion of a trial's params into model and training settings.
 
-``suggest`` registers every hyperparameter with the trial; ``model_hyperparameters`` and
+The space is a TOML file (``space.toml`` beside this module is the default; its header
+documents the format); ``load_space`` reads and checks one into a plain dict that the
+study stores, so every worker samples the same space. ``suggest`` registers every
+hyperparameter with the trial; ``model_hyperparameters`` and
 ``training_settings`` turn the resulting flat params dict (live or from a stored trial)
 into the plain dict ``models.build_mlp`` takes and the trainer's settings, so export and
 retraining rebuild exactly what the trial trained.
@@ -8,32 +11,140 @@ retraining rebuild exactly what the trial trained.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
 
+from models import ACTIVATIONS
 from objectives.datasets import Dataset
 from objectives.trainer import TrainingSettings
 
-MAX_HIDDEN_LAYERS = 3
-WIDTH_RANGE = (32, 1024)
-OPTIMIZERS = ("sgd", "adam", "adamw")
-ACTIVATIONS = ("relu", "gelu", "silu")
-BATCH_SIZES = (64, 128, 256, 512, 1024)
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+OBJECTIVE_NAMES = ("fashion_mnist", "covtype")  # objectives.OBJECTIVES, which imports this module
+
+DEFAULT_FILE = Path(__file__).with_name("space.toml")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # what objectives.trainer.make_optimizer builds
+# Every parameter, in the order trials suggest them, and the type of its values.
+KINDS: dict[str, type] = {"n_layers": int, "n_units": int, "activation": str, "dropout": float, "batch_norm": bool,
+                          "optimizer": str, "learning_rate": float, "weight_decay": float, "batch_size": int}
+# Values the model and trainer can use: (test, what it says when a value fails it).
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n_layers": (lambda v: v >= 1, "at least 1"), "n_units": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "learning_rate": (lambda v: v > 0, "positive"), "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "batch_norm": (lambda v: True, ""),
+}
+Space = dict[str, dict[str, Any]]  # parameter -> {"low", "high", "log"} | {"choices"} | {"value"}
 
 
-def suggest(trial: optuna.Trial) -> dict[str, Any]:
-    n_layers = trial.suggest_int("n_layers", 1, MAX_HIDDEN_LAYERS)
-    for layer in range(n_layers):
-        trial.suggest_int(f"n_units_l{layer}", *WIDTH_RANGE, log=True)
-    trial.suggest_categorical("activation", ACTIVATIONS)
-    trial.suggest_float("dropout", 0.0, 0.5)
-    trial.suggest_categorical("batch_norm", (False, True))
-    trial.suggest_categorical("optimizer", OPTIMIZERS)
-    trial.suggest_float("learning_rate", 1e-5, 1e-1, log=True)
-    trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
-    trial.suggest_categorical("batch_size", BATCH_SIZES)
+class SpaceError(ValueError):
+    """A search space file that cannot be used; the message names the file, the entry and the fix."""
+
+    exit_code = 2  # a command line shows it as one line
+
+
+def load_space(path: str | os.PathLike[str] | None, objective: str) -> Space:
+    """The space ``objective`` searches, from the TOML file at ``path`` (the default file if
+    None), checked entry by entry; per-objective tables replace the common ones."""
+    path = Path(path) if path is not None else DEFAULT_FILE
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SpaceError(f"search space file {path}: cannot read it ({error.strerror}); check --space") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SpaceError(f"search space file {path} is not valid TOML ({error}); fix the file") from None
+    tables = {name: table for name, table in document.items() if name in KINDS}
+    for name, table in document.items():
+        if name in KINDS:
+            continue
+        if name not in OBJECTIVE_NAMES or not isinstance(table, dict):
+            raise SpaceError(f"search space file {path}: unknown table [{name}]; parameters are "
+                             f"{', '.join(KINDS)}, and objective sections {', '.join(OBJECTIVE_NAMES)}")
+        for parameter, override in table.items():
+            if parameter not in KINDS:
+                raise SpaceError(f"search space file {path}: unknown parameter [{name}.{parameter}]; "
+                                 f"parameters are {', '.join(KINDS)}")
+            check_entry(path, f"{name}.{parameter}", override)
+            if name == objective:
+                tables[parameter] = override
+    missing = [name for name in KINDS if name not in tables]
+    if missing:
+        raise SpaceError(f"search space file {path}: no [{missing[0]}] table; every parameter needs one "
+                         f"(value = X fixes it)")
+    return {name: check_entry(path, name, tables[name]) for name in KINDS}
+
+
+TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def check_entry(path: Path, name: str, table: Any) -> dict[str, Any]:
+    """One parameter's table (``name`` may be ``objective.parameter``), checked and normalised."""
+    parameter = name.rpartition(".")[2]
+    kind = KINDS[parameter]
+    test, wanted = LIMITS[parameter]
+
+    def bad(problem: str) -> SpaceError:
+        return SpaceError(f"search space file {path}: [{name}] {problem}; fix the file")
+
+    def value_of(value: Any) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind or not test(value):
+            raise bad(f"{value!r} is not {TYPE_NAMES[kind] if type(value) is not kind else wanted}")
+        return value
+
+    keys = set(table) if isinstance(table, dict) else None
+    if keys == {"value"}:
+        return {"value": value_of(table["value"])}
+    if keys == {"choices"}:
+        choices = table["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise bad("choices must be a non-empty list")
+        return {"choices": [value_of(choice) for choice in choices]}
+    if keys in ({"low", "high"}, {"low", "high", "log"}) and kind in (int, float):
+        low, high, log = value_of(table["low"]), value_of(table["high"]), table.get("log", False)
+        if not isinstance(log, bool):
+            raise bad("log must be true or false")
+        if low > high:
+            raise bad(f"low {low} is above high {high}")
+        if log and low <= 0:
+            raise bad("a log range needs low > 0")
+        return {"low": low, "high": high, "log": log}
+    forms = "low/high[/log], choices or value" if kind in (int, float) else "choices or value"
+    raise bad(f"has {', '.join(sorted(keys)) if keys else repr(table)}; give {forms}")
+
+
+def suggest(trial: optuna.Trial, space: Space | None = None) -> dict[str, Any]:
+    """Register every hyperparameter with the trial, in ``KINDS`` order (a fixed value is a
+    one-choice categorical, so it is in ``trial.params`` like the others)."""
+    space = space or DEFAULT
+
+    def one(name: str, parameter: str) -> Any:
+        entry = space[parameter]
+        if "value" in entry:
+            return trial.suggest_categorical(name, [entry["value"]])
+        if "choices" in entry:
+            return trial.suggest_categorical(name, entry["choices"])
+        if KINDS[parameter] is int:
+            return trial.suggest_int(name, entry["low"], entry["high"], log=entry["log"])
+        return trial.suggest_float(name, entry["low"], entry["high"], log=entry["log"])
+
+    for parameter in KINDS:
+        if parameter == "n_units":
+            for layer in range(trial.params["n_layers"]):
+                one(f"n_units_l{layer}", "n_units")
+        else:
+            one(parameter, parameter)
     return dict(trial.params)
 
 
@@ -54,3 +165,6 @@ def model_hyperparameters(params: Mapping[str, Any], dataset: Dataset) -> dict[s
 def training_settings(params: Mapping[str, Any], epochs: int) -> TrainingSettings:
     """The trainer's settings, with the learning rate decayed over ``epochs`` (cosine)."""
     return TrainingSettings.from_dict(params, schedule_epochs=epochs)
+
+
+DEFAULT = load_space(None, "fashion_mnist")  # the default file has no per-objective tables

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             convert=options.seconds, default=300)
         add(command, name, "--keep-best", "KEEP_BEST", "keep final weights of only the best K trials",
             convert=options.positive_int, default=5)
+        add(command, name, "--space", "SPACE", "search space file (TOML; default: the study's, or for a new "
+            "study the one shipped in objectives/space.toml)")
 
     status = commands.add_parser("status", help="table of a study's trials")
     add_common(status, "status", "study", "storage")
@@ -127,6 +129,7 @@ def command_work(args: argparse.Namespace) -> int:
         epochs=args.epochs, n_trials=args.n_trials, data_dir=args.data_dir, artifacts=args.artifacts,
         device=args.device, seed=args.seed, timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, keep_best=args.keep_best, db_patience=args.db_patience,
+        space=args.space,
     )
     worker = run_worker(config, say=lambda line: print(line, flush=True))
     if args.command == "run":

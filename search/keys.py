@@ -13,6 +13,7 @@ METRIC_NAME = "val_accuracy"  # study.set_metric_names: the dashboard's label fo
 # --- study user attrs ----------------------------------------------------------
 OBJECTIVE = "objective"  # which objective (dataset) the study trains
 EPOCHS = "epochs"  # epochs per trial
+SPACE = "search_space"  # the search space the study samples (objectives.space.load_space's dict)
 BUDGET = "n_trials"  # the study-wide budget: trials that must finish (complete, pruned or failed)
 
 # --- study system attrs --------------------------------------------------------

@@ -14,6 +14,7 @@ import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.study import StudyDirection
@@ -30,6 +31,7 @@ class StudySpec:
     name: str
     objective: str
     epochs: int
+    space: dict[str, Any] | None = None  # from --space; None: the study's own (the default for a new one)
 
 
 def study_lock(storage: ResilientStorage, study_name: str) -> contextlib.AbstractContextManager[None]:
@@ -92,6 +94,14 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
             f"study {spec.name!r} trains {epochs} epochs per trial, not {spec.epochs}; "
             f"pass --epochs {epochs} or choose another --study name"
         )
+    if spec.space is not None and (recorded_space := study_space(study)) != spec.space:
+        differs = next(name for name in [*recorded_space, *spec.space]
+                       if recorded_space.get(name) != spec.space.get(name))
+        raise UserError(
+            f"study {spec.name!r} samples another search space than --space gives ([{differs}] is "
+            f"{recorded_space.get(differs)} there, {spec.space.get(differs)} in the file); drop --space to use "
+            f"the study's, or choose another --study name"
+        )
 
 
 def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
@@ -112,9 +122,20 @@ def check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> opt
     return study
 
 
+def study_space(study: optuna.Study) -> dict[str, Any]:
+    """The space the study samples: stored with it (studies from before the space file
+    sampled the default one)."""
+    from objectives.space import load_space  # here: read-only commands never need torch
+
+    return study.user_attrs.get(keys.SPACE) or load_space(None, study.user_attrs.get(keys.OBJECTIVE))
+
+
 def describe_study(study: optuna.Study, spec: StudySpec) -> None:
+    from objectives.space import load_space
+
     study.set_user_attr(keys.OBJECTIVE, spec.objective)
     study.set_user_attr(keys.EPOCHS, spec.epochs)
+    study.set_user_attr(keys.SPACE, spec.space or load_space(None, spec.objective))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([keys.METRIC_NAME])

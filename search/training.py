@@ -113,4 +113,4 @@ class Training:
         worker.device = str(device)
         hooks = ServiceHooks(self.dataset, worker.directory, worker.token, config.epochs,
                              config.checkpoint_every, worker.say)
-        return make_objective(self.dataset, ObjectiveSettings(config.epochs, device, config.seed), hooks)
+        return make_objective(self.dataset, ObjectiveSettings(config.epochs, device, config.seed, worker.space), hooks)

@@ -30,7 +30,9 @@ from search.history import History
 from search.sampling import BoundedSampler, HistoryMedianPruner
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
-from search.study import MEDIAN_PRUNER, StudySpec, check_existing, join_study, make_sampler, worker_seed
+from search.study import (
+    MEDIAN_PRUNER, StudySpec, check_existing, join_study, make_sampler, study_space, worker_seed,
+)
 
 
 # Fault-injection hook for the tests: sleep this long between claiming a trial and
@@ -55,6 +57,7 @@ class WorkerConfig:
     keep_best: int = 5
     checkpoint_every: int = 1
     db_patience: float = RECONNECT_PATIENCE_S
+    space: str | None = None  # a search space file; None: the study's (the default for a new one)
 
 
 class Workload(Protocol):
@@ -90,7 +93,12 @@ class Worker:
         write: the study (read-only), the data, the artifact directory; only then are
         tables created and the study joined."""
         config = self.config
-        spec = StudySpec(config.study, config.objective, config.epochs)
+        space = None
+        if config.space is not None:
+            from objectives.space import load_space
+
+            space = load_space(config.space, config.objective)
+        spec = StudySpec(config.study, config.objective, config.epochs, space)
         existing = open_storage(config.storage, writable=False, missing_ok=True)
         if existing is not None:
             check_existing(existing, spec)
@@ -103,6 +111,7 @@ class Worker:
         self.tag = f"[worker {self.index}]"
         self.slots = self.storage.slots(self.study)
         # Sampling and pruning read this worker's incremental view of the study.
+        self.space = study_space(self.study)  # what every worker of the study samples
         self.history = History(self.storage, self.study, seed=self.index)
         sampler = make_sampler(worker_seed(config.seed, self.index), gamma=self.history.gamma)
         self.study.sampler = BoundedSampler(sampler, self.history)

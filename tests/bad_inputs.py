@@ -222,6 +222,11 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
      "--retrain needs somewhere to write", {}),
     ("force-no-export", ["best", "--study", "ready", "--storage", "{db}", "--force"], "--force only applies", {}),
     ("evaluate-no-path", ["evaluate"], "required: path", {}),
+    ("space-missing", ["run", "--space", "{w}/no-space.toml"], "search space file {w}/no-space.toml: cannot read "
+     "it (No such file or directory); check --space", {}),
+    ("space-malformed", ["run", "--space", "{w}/notes.txt"], "search space file {w}/notes.txt is not valid TOML", {}),
+    ("space-env-bad", ["worker", "--study", "ready", "--storage", "{db}"], "is not valid TOML",
+     {"SEARCH_SPACE": "{w}/notes.txt"}),
     ("report-no-study", ["report", "--storage", "{db}"], "needs a study", {}),
     ("report-out-file", ["report", "--study", "ready", "--storage", "{db}", "--out", "{w}/notes.txt"],
      "--out {w}/notes.txt is a file; give a directory", {}),

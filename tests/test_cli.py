@@ -10,6 +10,7 @@ import time
 import optuna
 import pytest
 
+from objectives import space
 from search import keys
 from tests.postgres import free_port
 from tests.workers import dashboard, one_error_line, run_search, system_attrs
@@ -100,7 +101,13 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     assert "trains 1 epochs per trial, not 3" in line
     line = one_error_line(run_search("worker", "--study", "loss", "--n-trials", "4", "--epochs", "1", *common))
     assert "exists with direction minimize" in line
+    narrower = tmp_path / "space.toml"
+    narrower.write_text(space.DEFAULT_FILE.read_text().replace("high = 3", "high = 2"))
+    line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "1",
+                                     "--space", str(narrower), *common))
+    assert "samples another search space than --space gives ([n_layers] is" in line and "drop --space" in line
     assert database_snapshot(url) == before
+    assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.SPACE] == space.DEFAULT
 
     # The storage URL from a secret file (Docker and Kubernetes mount secrets as files).
     secret = tmp_path / "storage-secret"

@@ -79,6 +79,10 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(postgres
     assert retry.user_attrs["resumed_from_epoch"] >= 1
     assert retry.params == victim.params
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    # The log names the trial that wrote the checkpoint (the killed one), not the retry.
+    resumed = f"trial {retry.number}: resumed from the epoch-{retry.user_attrs['resumed_from_epoch']} " \
+              f"checkpoint written by trial {victim.number}"
+    assert resumed in "".join(log.read_text() for log in logs_), logs(logs_)
     counts = states(url, "kill")
     assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 3
     assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0

@@ -1,0 +1,77 @@
+"""The search space file: the default reproduces the space that used to be code, an edited
+file changes what is sampled, and a bad file is one clear line."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from objectives import space
+
+
+def former_suggest(trial: optuna.Trial) -> dict:
+    """The search space as code, before the file (kept here as the reference)."""
+    n_layers = trial.suggest_int("n_layers", 1, 3)
+    for layer in range(n_layers):
+        trial.suggest_int(f"n_units_l{layer}", 32, 1024, log=True)
+    trial.suggest_categorical("activation", ("relu", "gelu", "silu"))
+    trial.suggest_float("dropout", 0.0, 0.5)
+    trial.suggest_categorical("batch_norm", (False, True))
+    trial.suggest_categorical("optimizer", ("sgd", "adam", "adamw"))
+    trial.suggest_float("learning_rate", 1e-5, 1e-1, log=True)
+    trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+    trial.suggest_categorical("batch_size", (64, 128, 256, 512, 1024))
+    return dict(trial.params)
+
+
+def sampled(suggest, n: int = 40, seed: int = 3) -> list[dict]:
+    """Params of ``n`` TPE trials (random start, then the model) on a fixed toy value."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                                                   n_startup_trials=10))
+    made = []
+    for _ in range(n):
+        trial = study.ask()
+        params = suggest(trial)
+        study.tell(trial, params["dropout"] + params["learning_rate"] * 10)
+        made.append(params)
+    return made
+
+
+def test_the_default_file_reproduces_the_former_space_exactly():
+    assert sampled(lambda trial: space.suggest(trial, space.load_space(None, "covtype"))) == sampled(former_suggest)
+
+
+def test_an_edited_file_changes_what_is_sampled(tmp_path):
+    edited = space.DEFAULT_FILE.read_text().replace('choices = ["relu", "gelu", "silu"]', 'value = "gelu"')
+    edited += "\n[covtype.n_layers]\nlow = 2\nhigh = 2\n"
+    path = tmp_path / "space.toml"
+    path.write_text(edited)
+    fashion = sampled(lambda trial: space.suggest(trial, space.load_space(path, "fashion_mnist")))
+    assert {params["activation"] for params in fashion} == {"gelu"}
+    assert {params["n_layers"] for params in fashion} == {1, 2, 3}
+    covtype = sampled(lambda trial: space.suggest(trial, space.load_space(path, "covtype")))
+    assert {params["n_layers"] for params in covtype} == {2}
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda text: text + "\n[n_layers\n", "is not valid TOML"),
+    (lambda text: text + "\n[depth]\nvalue = 3\n", "unknown table [depth]"),
+    (lambda text: text + "\n[covtype.depth]\nvalue = 3\n", "unknown parameter [covtype.depth]"),
+    (lambda text: text.replace("low = 1e-5", "low = 1.0"), "[learning_rate] low 1.0 is above high 0.1"),
+    (lambda text: text.replace("low = 1e-6", "low = 0.0"), "[weight_decay] a log range needs low > 0"),
+    (lambda text: text.replace('"sgd", ', '"lion", '), "[optimizer] 'lion' is not one of sgd, adam, adamw"),
+    (lambda text: text.replace("high = 0.5", "high = 1.5"), "[dropout] 1.5 is not in [0, 1)"),
+    (lambda text: text.replace("low = 32", "low = 32.5"), "[n_units] 32.5 is not a whole number"),
+    (lambda text: text.replace("choices = [false, true]", "choices = []"), "[batch_norm] choices must be"),
+    (lambda text: text.replace("[batch_size]\nchoices", "[batch_size]\nchoice"), "[batch_size] has choice"),
+    (lambda text: text.replace("[activation]", "[activations]"), "unknown table [activations]"),
+    (lambda text: text + "\n[covtype.dropout]\nvalue = 2\n", "[covtype.dropout] 2.0 is not in [0, 1)"),
+    (lambda text: text.replace("[n_layers]          # hidden layers\nlow = 1\nhigh = 3\n", ""), "no [n_layers] table"),
+])
+def test_a_bad_file_is_one_clear_error(tmp_path, edit, expected):
+    path = tmp_path / "space.toml"
+    path.write_text(edit(space.DEFAULT_FILE.read_text()))
+    with pytest.raises(space.SpaceError) as error:
+        space.load_space(path, "fashion_mnist")
+    assert expected in str(error.value) and str(path) in str(error.value)
+    assert "\n" not in str(error.value)
