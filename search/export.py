@@ -72,20 +72,12 @@ def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
 def check_writable(path: Path, force: bool) -> None:
     """Fail before any long work if the export cannot be written (by trying to), or would
     replace a file that is not an earlier export (unless ``force``)."""
-    from models import ExportedModelError, read_exported
-
     directory = path.resolve().parent
     if path.is_dir():
         raise UserError(f"cannot export to {path}: it is a directory; give a file path such as {path / 'model.pt'}")
-    if path.exists() and not force:
-        try:
-            if path.suffix != PROGRAM_SUFFIX:
-                read_exported(path)
-            elif not is_program(path):
-                raise ExportedModelError(str(path))
-        except ExportedModelError:
-            raise UserError(f"{path} exists and is not a model exported by search; pass --force to replace "
-                            f"it, or choose another --export path") from None
+    if path.exists() and not force and not is_export(path):
+        raise UserError(f"{path} exists and is not a model exported by search; pass --force to replace "
+                        f"it, or choose another --export path")
     if not directory.is_dir():
         raise UserError(f"cannot export to {path}: directory {directory} does not exist")
     try:
@@ -142,12 +134,13 @@ def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_nam
     return trainer.model, hyperparameters, test_accuracy
 
 
-def write_export(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file, a failure leaves no file."""
+def write_export(path: Path, payload: Any, save: Callable[[Any, Any], None] | None = None) -> None:
+    """Write atomically (with ``torch.save``, or ``save``): a reader never sees half a file, a
+    failure leaves no file."""
     from search.artifacts import save_atomically
 
     try:
-        save_atomically(path, payload)
+        save_atomically(path, payload, save)
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror}; free space there or choose another "
                         f"--export path") from None
@@ -209,24 +202,26 @@ def write_program(path: Path, state_dict: dict[str, Any], hyperparameters: dict[
     """The model as a ``torch.export`` program (any batch size) that runs with torch alone;
     the metadata travels in it as ``extra/{PROGRAM_METADATA}`` (``torch.export.load(...,
     extra_files={PROGRAM_METADATA: ""})``)."""
-    from search.artifacts import save_atomically
-
     model = build_mlp(hyperparameters)
     model.load_state_dict(state_dict)
     model.eval()
     example = torch.zeros(2, hyperparameters["n_inputs"])
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     extra = {PROGRAM_METADATA: json.dumps(metadata)}
-    try:
-        save_atomically(path, program, save=lambda program_, file: torch.export.save(program_, file,
-                                                                                     extra_files=extra))
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror}; free space there or choose another "
-                        f"--export path") from None
+    write_export(path, program, save=lambda program_, file: torch.export.save(program_, file, extra_files=extra))
 
 
-def is_program(path: Path) -> bool:
-    """A ``.pt2`` file ``write_program`` wrote (its metadata entry is there)."""
+def is_export(path: Path) -> bool:
+    """A file ``search best --export`` wrote: a readable export, or a ``.pt2`` program with
+    its metadata entry."""
+    from models import ExportedModelError, read_exported
+
+    if path.suffix != PROGRAM_SUFFIX:
+        try:
+            read_exported(path)
+            return True
+        except ExportedModelError:
+            return False
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith(f"/extra/{PROGRAM_METADATA}") for name in archive.namelist())

@@ -16,6 +16,7 @@ Read-only on the storage: nothing is created or changed there.
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import warnings
 from collections.abc import Callable
@@ -123,9 +124,7 @@ def command_report(args: argparse.Namespace) -> int:
         raise UserError(f"study {args.study!r} has no finished trial to report yet; "
                         f"see: search status --study {args.study}")
 
-    def say(line: str) -> None:
-        print(line, flush=True)
-
+    say = functools.partial(print, flush=True)
     interactive, still = figures(study, say)
     out.mkdir(exist_ok=True)
     for name, axes in still.items():
