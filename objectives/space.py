@@ -69,18 +69,18 @@ def load_space(path: str | os.PathLike[str] | None, objective: str) -> Space:
             continue
         if name not in OBJECTIVE_NAMES or not isinstance(table, dict):
             raise SpaceError(f"search space file {path}: unknown table [{name}]; parameters are "
-                             f"{', '.join(KINDS)}, and objective sections {', '.join(OBJECTIVE_NAMES)}")
+                             f"{', '.join(KINDS)}, and objective sections {', '.join(OBJECTIVE_NAMES)}: fix the file")
         for parameter, override in table.items():
             if parameter not in KINDS:
                 raise SpaceError(f"search space file {path}: unknown parameter [{name}.{parameter}]; "
-                                 f"parameters are {', '.join(KINDS)}")
+                                 f"parameters are {', '.join(KINDS)}: fix the file")
             check_entry(path, f"{name}.{parameter}", override)
             if name == objective:
                 tables[parameter] = override
     missing = [name for name in KINDS if name not in tables]
     if missing:
-        raise SpaceError(f"search space file {path}: no [{missing[0]}] table; every parameter needs one "
-                         f"(value = X fixes it)")
+        raise SpaceError(f"search space file {path}: no {', '.join(f'[{name}]' for name in missing)} table; "
+                         f"every parameter needs one (value = X fixes it): start from a copy of {DEFAULT_FILE}")
     return {name: check_entry(path, name, tables[name]) for name in KINDS}
 
 

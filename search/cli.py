@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         add(command, name, "--objective", "OBJECTIVE", "fashion_mnist or covtype", default="fashion_mnist")
         add_common(command, name, "study", "storage", "artifacts", "data", "device")
-        add(command, name, "--n-trials", "N_TRIALS", "study-wide trial budget, counted over all workers",
-            convert=options.positive_int, default=20)
+        add(command, name, "--n-trials", "N_TRIALS", "study-wide trial budget, counted over all workers; raises "
+            f"an existing study's (default: the study's own; {options.DEFAULT_BUDGET} for a new study)",
+            convert=options.positive_int)
         add(command, name, "--epochs", "EPOCHS", "epochs per trial", convert=options.positive_int, default=10)
         add(command, name, "--timeout", "TIMEOUT", "stop claiming new trials after this many seconds",
             convert=options.seconds)

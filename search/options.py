@@ -23,6 +23,7 @@ from search.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///search.db"  # the embedded default: a file, no server
 DEFAULT_ARTIFACTS = "search-artifacts"
+DEFAULT_BUDGET = 20  # a new study's trial budget when no --n-trials is given
 MAX_SEED = 2**32 - 1  # numpy's RandomState (inside Optuna's samplers) takes seeds below 2**32
 
 
@@ -65,6 +66,9 @@ def seconds(text: str) -> float:
 def text(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        # A line break pasted into a URL or left in a secret file would name a file "x\ny".
+        raise argparse.ArgumentTypeError("contains a line break or another control character")
     return value
 
 
@@ -96,6 +100,9 @@ def from_environment(variable: str) -> tuple[str, str, str] | None:
                                          f"fix or unset {variable}")
     if raw is not None:
         raise UserError(f"both {variable} and {variable}_FILE are set; unset one of them")
+    if not path.strip():
+        raise UserError(f"{variable}_FILE is set but empty; give the path of the file holding {variable}, "
+                        f"or unset {variable}_FILE")
     try:
         content = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

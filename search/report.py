@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import html
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,15 @@ def check_output_directory(out: Path) -> None:
     parent = out if out.exists() else out.parent
     if not parent.is_dir():
         raise UserError(f"--out {out}: directory {parent} does not exist; create it or choose another --out")
+
+
+def make_output_directory(out: Path) -> None:
+    """Create ``out`` and prove it writable, before the slow plots."""
+    try:
+        out.mkdir(exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write there ({error.strerror}); choose another --out") from None
 
 
 def figures(study: optuna.Study, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -124,9 +134,9 @@ def command_report(args: argparse.Namespace) -> int:
         raise UserError(f"study {args.study!r} has no finished trial to report yet; "
                         f"see: search status --study {args.study}")
 
+    make_output_directory(out)
     say = functools.partial(print, flush=True)
     interactive, still = figures(study, say)
-    out.mkdir(exist_ok=True)
     for name, axes in still.items():
         axes.figure.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
     trials = study.get_trials(deepcopy=False)

@@ -5,7 +5,7 @@ The budget is a study user attr (``n_trials``): the number of trials that must f
 ``Slots.claim`` creates a trial only while the budget has room, and a trial whose worker
 died or stopped is continued by the one retry ``Slots.requeue`` queues in the same
 transaction, so N workers finish exactly N trials. ``--n-trials`` raises the budget of
-an existing study (never lowers it).
+an existing study (never lowers it); a worker without it takes the study's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from search import keys, optuna_adapter
 from search.artifacts import new_token
 from search.errors import UserError
 from search.locking import named_lock
+from search.options import DEFAULT_BUDGET
 from search.storage import ResilientStorage
 
 
@@ -157,7 +158,7 @@ def join_study(storage: ResilientStorage, spec: StudySpec, n_trials: int | None,
             return False
         budget = study.user_attrs.get(keys.BUDGET)
         has_token = keys.TOKEN in storage.get_study_system_attrs(optuna_adapter.study_id(study))
-        return has_token and (n_trials is None or (budget is not None and budget >= n_trials))
+        return has_token and budget is not None and (n_trials is None or budget >= n_trials)
 
     def set_up() -> None:
         with study_lock(storage, spec.name):
@@ -170,8 +171,8 @@ def join_study(storage: ResilientStorage, spec: StudySpec, n_trials: int | None,
                 describe_study(study, spec)  # created by a join that died before describing it
             check_compatible(study, spec)
             budget = study.user_attrs.get(keys.BUDGET)
-            if n_trials is not None and (budget is None or n_trials > budget):
-                study.set_user_attr(keys.BUDGET, n_trials)
+            if budget is None or (n_trials is not None and n_trials > budget):
+                study.set_user_attr(keys.BUDGET, n_trials or DEFAULT_BUDGET)
             study_id = optuna_adapter.study_id(study)
             if keys.TOKEN not in storage.get_study_system_attrs(study_id):
                 storage.set_study_system_attr(study_id, keys.TOKEN, new_token())

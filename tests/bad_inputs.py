@@ -163,6 +163,7 @@ def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iter
     joblib.dump(np.full((40, 54), np.nan), cache / covtype.SKLEARN_SAMPLES.name, compress=9)
     joblib.dump(labels, cache / covtype.SKLEARN_TARGETS.name, compress=9)
     (w / "notes.txt").write_text("an existing file that is not a model")
+    (w / "two-lines").write_text("sqlite:///new.db\nextra\n")
     (w / "empty-art").mkdir()
 
     # Read-only and full filesystems (the session runs as root, for whom permission bits do not stop writes).
@@ -230,6 +231,8 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("report-no-study", ["report", "--storage", "{db}"], "needs a study", {}),
     ("report-out-file", ["report", "--study", "ready", "--storage", "{db}", "--out", "{w}/notes.txt"],
      "--out {w}/notes.txt is a file; give a directory", {}),
+    ("report-out-unwritable", ["report", "--study", "ready", "--storage", "{db}", "--out", "/sys/report"],
+     "--out /sys/report: cannot write there", {}),
     ("report-out-nowhere", ["report", "--study", "ready", "--storage", "{db}", "--out", "{w}/no/such/dir"],
      "directory {w}/no/such does not exist", {}),
     # the environment
@@ -241,6 +244,11 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("env-epochs-empty", ["run"], "SEARCH_EPOCHS=''", {"SEARCH_EPOCHS": ""}),
     ("env-file-missing", ["status", "--study", "ready"], "SEARCH_STORAGE_FILE='{w}/no-secret': cannot read it "
      "(No such file or directory); fix the path or mount the secret there", {"SEARCH_STORAGE_FILE": "{w}/no-secret"}),
+    ("env-file-newline", ["status", "--study", "ready"], "SEARCH_STORAGE_FILE='{w}/two-lines' (the file's "
+     "content): contains a line break", {"SEARCH_STORAGE_FILE": "{w}/two-lines"}),
+    ("env-file-empty-path", ["status", "--study", "ready"], "SEARCH_STORAGE_FILE is set but empty",
+     {"SEARCH_STORAGE_FILE": ""}),
+    ("study-newline", ["run", "--study", "a\nb"], "--study: contains a line break", {}),
     ("env-file-and-value", ["status", "--study", "ready"], "both SEARCH_STORAGE and SEARCH_STORAGE_FILE are set",
      {"SEARCH_STORAGE": "{db}", "SEARCH_STORAGE_FILE": "{w}/notes.txt"}),
     ("env-file-bad-value", ["run"], "SEARCH_EPOCHS_FILE='{w}/notes.txt' (the file's content): 'an existing file",

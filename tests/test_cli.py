@@ -109,6 +109,11 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     assert database_snapshot(url) == before
     assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.SPACE] == space.DEFAULT
 
+    # A worker without --n-trials takes the study's budget (2), not the default for a new study.
+    done = run_search("worker", "--study", "shared", "--epochs", "1", *common)
+    assert done.returncode == 0 and "budget 2, 2 finished" in done.stdout, done.stdout + done.stderr
+    assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.BUDGET] == 2
+
     # The storage URL from a secret file (Docker and Kubernetes mount secrets as files).
     secret = tmp_path / "storage-secret"
     secret.write_text(url + "\n")

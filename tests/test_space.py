@@ -66,7 +66,7 @@ def test_an_edited_file_changes_what_is_sampled(tmp_path):
     (lambda text: text.replace("[batch_size]\nchoices", "[batch_size]\nchoice"), "[batch_size] has choice"),
     (lambda text: text.replace("[activation]", "[activations]"), "unknown table [activations]"),
     (lambda text: text + "\n[covtype.dropout]\nvalue = 2\n", "[covtype.dropout] 2.0 is not in [0, 1)"),
-    (lambda text: text.replace("[n_layers]          # hidden layers\nlow = 1\nhigh = 3\n", ""), "no [n_layers] table"),
+    (lambda text: text.replace("[n_layers]          # hidden layers\nlow = 1\nhigh = 3\n", ""), "no [n_layers] table; every parameter needs one"),
 ])
 def test_a_bad_file_is_one_clear_error(tmp_path, edit, expected):
     path = tmp_path / "space.toml"
