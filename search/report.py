@@ -130,7 +130,8 @@ def command_report(args: argparse.Namespace) -> int:
     out = Path(args.out or f"report-{args.study}")
     check_output_directory(out)
     study = load_existing(open_storage(args.storage, writable=False), args.study)
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    trials = study.get_trials(deepcopy=False)
+    if not any(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials):
         raise UserError(f"study {args.study!r} has no finished trial to report yet; "
                         f"see: search status --study {args.study}")
 
@@ -139,7 +140,6 @@ def command_report(args: argparse.Namespace) -> int:
     interactive, still = figures(study, say)
     for name, axes in still.items():
         axes.figure.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
-    trials = study.get_trials(deepcopy=False)
     write_csv(study, trials, out / "trials.csv")
     write_html(study, trials, interactive, out / "report.html")
     say(f"report: {out / 'report.html'}, {len(still)} PNGs and trials.csv in {out}")
