@@ -12,7 +12,7 @@ timed lifecycles per study, no training:
 * plain Optuna: ``optuna.load_study`` on ``get_storage(url)`` (Optuna's cached RDB
   storage), ``ask``, the same ``suggest``, 5 x (report + should_prune), ``tell``;
 
-both with ``search.study.make_sampler`` / ``make_pruner`` settings. Prints median and
+both with ``search.study.make_sampler`` / ``search.pruners.make_pruner`` settings. Prints median and
 p95 per size and the ratios the Scale issue asks for.
 
     python bench/service_overhead.py [--sizes 100 1000 5000 10000] [--trials 40]
@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 from bench.synthetic import EPOCHS, NoTraining, accuracy, report_and_prune  # noqa: E402
 from objectives import space  # noqa: E402
 from search import optuna_adapter  # noqa: E402
-from search.study import make_pruner, make_sampler  # noqa: E402
+from search.pruners import make_pruner  # noqa: E402
+from search.study import make_sampler  # noqa: E402
 from search.worker import Worker, WorkerConfig  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 
@@ -53,7 +54,7 @@ def history(n: int, seed: int) -> list[optuna.trial.FrozenTrial]:
     made = []
     for _ in range(n):
         trial = sampler_study.ask()
-        params = space.suggest(trial)
+        params = space.suggest(trial, SPACE)
         quality = accuracy(params, rng)
         pruned = rng.random() < 0.3
         steps = range(1, (2 if pruned else EPOCHS) + 1)
@@ -67,6 +68,7 @@ def history(n: int, seed: int) -> list[optuna.trial.FrozenTrial]:
 
 
 STUDY = "overhead"
+SPACE = space.load_space(None, "fashion_mnist")
 
 
 def worker_for(url: str, work: Path, n_trials: int) -> Worker:

@@ -43,6 +43,8 @@ class Dataset:
     class_names: tuple[str, ...]
     input_mean: tuple[float, ...]
     input_std: tuple[float, ...]
+    # (height, width) when each row is an image stored row-major: shifts and flips apply.
+    image_shape: tuple[int, int] | None = None
 
     @property
     def n_inputs(self) -> int:

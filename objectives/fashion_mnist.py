@@ -162,4 +162,5 @@ def load(data_dir: str | os.PathLike[str] | None, allow_download: bool = True) -
         class_names=CLASS_NAMES,
         input_mean=(pixels.mean().item(),),
         input_std=(max(pixels.std().item(), 1e-6),),
+        image_shape=IMAGE_SHAPE,
     ), str(paths["train_images"].parent))

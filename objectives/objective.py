@@ -49,13 +49,15 @@ def make_objective(dataset: Dataset, settings: ObjectiveSettings,
     hooks = hooks or EpochHooks()
     train = dataset.train.to(settings.device)
     validation = dataset.validation.to(settings.device)
+    searched = settings.space or space.load_space(None, dataset.name)
 
     def objective(trial: optuna.Trial) -> float:
-        params = space.suggest(trial, settings.space)
+        params = space.suggest(trial, searched)
         seed = hooks.trial_seed(trial, settings.seed)
         torch.manual_seed(seed)
         model = build_mlp(space.model_hyperparameters(params, dataset))
-        trainer = Trainer(model, space.training_settings(params, settings.epochs), train, settings.device, seed)
+        trainer = Trainer(model, space.training_settings(params, settings.epochs), train, settings.device, seed,
+                          image_shape=dataset.image_shape)
         hooks.resume(trial, trainer)
 
         val_accuracy = float("nan")

@@ -31,10 +31,18 @@ else:  # pragma: no cover - Python 3.10
 OBJECTIVE_NAMES = ("fashion_mnist", "covtype")  # objectives.OBJECTIVES, which imports this module
 
 DEFAULT_FILE = Path(__file__).with_name("space.toml")
+# What studies that stored no space sampled (they predate the space file).
+UNSTORED_FILE = Path(__file__).with_name("space-2026-11.toml")
 OPTIMIZERS = ("sgd", "adam", "adamw")  # what objectives.trainer.make_optimizer builds
 # Every parameter, in the order trials suggest them, and the type of its values.
 KINDS: dict[str, type] = {"n_layers": int, "n_units": int, "activation": str, "dropout": float, "batch_norm": bool,
-                          "optimizer": str, "learning_rate": float, "weight_decay": float, "batch_size": int}
+                          "optimizer": str, "learning_rate": float, "weight_decay": float, "batch_size": int,
+                          "warmup_epochs": float, "label_smoothing": float, "max_shift": int, "flip": bool}
+# Parameters a file may leave out: then no trial suggests them and training uses the
+# trainer's defaults (none of each), as every study from before they existed did.
+OPTIONAL = ("warmup_epochs", "label_smoothing", "max_shift", "flip")
+# Objectives whose rows are images (shifts and flips apply to them only).
+IMAGE_OBJECTIVES = ("fashion_mnist",)
 # Values the model and trainer can use: (test, what it says when a value fails it).
 LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_layers": (lambda v: v >= 1, "at least 1"), "n_units": (lambda v: v >= 1, "at least 1"),
@@ -42,7 +50,9 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rate": (lambda v: v > 0, "positive"), "weight_decay": (lambda v: v >= 0, "at least 0"),
     "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-    "batch_norm": (lambda v: True, ""),
+    "batch_norm": (lambda v: True, ""), "flip": (lambda v: True, ""),
+    "warmup_epochs": (lambda v: v >= 0, "at least 0"), "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_shift": (lambda v: 0 <= v <= 8, "in 0..8 pixels"),
 }
 Space = dict[str, dict[str, Any]]  # parameter -> {"low", "high", "log"} | {"choices"} | {"value"}
 
@@ -77,11 +87,17 @@ def load_space(path: str | os.PathLike[str] | None, objective: str) -> Space:
             check_entry(path, f"{name}.{parameter}", override)
             if name == objective:
                 tables[parameter] = override
-    missing = [name for name in KINDS if name not in tables]
+    missing = [name for name in KINDS if name not in tables and name not in OPTIONAL]
     if missing:
         raise SpaceError(f"search space file {path}: no {', '.join(f'[{name}]' for name in missing)} table; "
                          f"every parameter needs one (value = X fixes it): start from a copy of {DEFAULT_FILE}")
-    return {name: check_entry(path, name, tables[name]) for name in KINDS}
+    checked = {name: check_entry(path, name, tables[name]) for name in KINDS if name in tables}
+    if objective not in IMAGE_OBJECTIVES:
+        for name, off in (("max_shift", 0), ("flip", False)):
+            if name in checked and checked[name] != {"value": off}:
+                raise SpaceError(f"search space file {path}: [{name}] augments images, and {objective} rows are "
+                                 f"not images; add [{objective}.{name}] value = {str(off).lower()} to the file")
+    return checked
 
 
 TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
@@ -124,11 +140,9 @@ def check_entry(path: Path, name: str, table: Any) -> dict[str, Any]:
     raise bad(f"has {', '.join(sorted(keys)) if keys else repr(table)}; give {forms}")
 
 
-def suggest(trial: optuna.Trial, space: Space | None = None) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
     """Register every hyperparameter with the trial, in ``KINDS`` order (a fixed value is a
     one-choice categorical, so it is in ``trial.params`` like the others)."""
-    space = space or DEFAULT
-
     def one(name: str, parameter: str) -> Any:
         entry = space[parameter]
         if "value" in entry:
@@ -140,6 +154,8 @@ def suggest(trial: optuna.Trial, space: Space | None = None) -> dict[str, Any]:
         return trial.suggest_float(name, entry["low"], entry["high"], log=entry["log"])
 
     for parameter in KINDS:
+        if parameter not in space:
+            continue  # an optional parameter the space leaves out
         if parameter == "n_units":
             for layer in range(trial.params["n_layers"]):
                 one(f"n_units_l{layer}", "n_units")
@@ -166,5 +182,3 @@ def training_settings(params: Mapping[str, Any], epochs: int) -> TrainingSetting
     """The trainer's settings, with the learning rate decayed over ``epochs`` (cosine)."""
     return TrainingSettings.from_dict(params, schedule_epochs=epochs)
 
-
-DEFAULT = load_space(None, "fashion_mnist")  # the default file has no per-objective tables

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from objectives.augmentation import Augmenter
 from objectives.datasets import Split
 from objectives.optimizer_step import FusedStep
 
@@ -40,9 +41,18 @@ class TrainingSettings:
     momentum: float = 0.9
     # Length of the cosine learning-rate decay; None keeps the rate constant.
     schedule_epochs: int | None = None
+    # Epochs over which the rate rises linearly from ~0 (Adam's early steps on a fresh
+    # model are the unstable ones, and a large rate needs them small).
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    # Training-time image augmentation (objectives.augmentation); tabular data has none.
+    max_shift: int = 0
+    flip: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], schedule_epochs: int | None = None) -> TrainingSettings:
+        """From a trial's params; keys a study from before them never sampled take the
+        defaults (what those trials trained with)."""
         return cls(
             optimizer=str(values["optimizer"]),
             learning_rate=float(values["learning_rate"]),
@@ -50,13 +60,24 @@ class TrainingSettings:
             batch_size=int(values["batch_size"]),
             momentum=float(values.get("momentum", 0.9)),
             schedule_epochs=schedule_epochs,
+            warmup_epochs=float(values.get("warmup_epochs", 0.0)),
+            label_smoothing=float(values.get("label_smoothing", 0.0)),
+            max_shift=int(values.get("max_shift", 0)),
+            flip=bool(values.get("flip", False)),
         )
 
-    def learning_rate_at(self, epoch: int) -> float:
-        """Cosine decay from the base rate, evaluated at the start of 0-based ``epoch``."""
-        if not self.schedule_epochs:
-            return self.learning_rate
-        return self.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / self.schedule_epochs))
+    def learning_rate_at(self, epoch: int, fraction: float = 0.0) -> float:
+        """The rate of the step ``fraction`` (0..1) of the way through 0-based ``epoch``: cosine
+        decay evaluated at the epoch's start, times a linear warm-up over the first
+        ``warmup_epochs`` (per step). Without warm-up it is what trials always trained with,
+        so a study from before it retrains identically."""
+        rate = self.learning_rate
+        if self.schedule_epochs:
+            rate *= 0.5 * (1 + math.cos(math.pi * epoch / self.schedule_epochs))
+        progress = epoch + fraction
+        if progress < self.warmup_epochs:
+            rate *= progress / self.warmup_epochs
+        return rate
 
 
 def make_optimizer(model: nn.Module, settings: TrainingSettings) -> torch.optim.Optimizer:
@@ -99,7 +120,7 @@ class Trainer:
     """Trains ``model`` on an on-device ``train`` split, one epoch per call."""
 
     def __init__(self, model: nn.Module, settings: TrainingSettings, train: Split,
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int, image_shape: tuple[int, int] | None = None) -> None:
         self.device = device
         self.settings = settings
         self.train = train.to(device)
@@ -111,14 +132,17 @@ class Trainer:
         # dataset-sized tensor per epoch would cost page faults on a CPU.
         self.shuffled_features = torch.empty_like(self.train.features)
         self.shuffled_labels = torch.empty_like(self.train.labels)
+        self.augment: Augmenter | None = None
+        if settings.max_shift or settings.flip:
+            if image_shape is None:
+                raise ValueError("shifts and flips need images; this data set has none")
+            self.augment = Augmenter(image_shape, settings.max_shift, settings.flip, len(self.train),
+                                     device, self.train.features.dtype)
         self.epochs_done = 0
 
     def run_epoch(self) -> float:
         """One pass over the training split; returns the mean training loss."""
         self.model.train()
-        # Derived from the epoch count, so a resumed trainer needs no scheduler state.
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.learning_rate_at(self.epochs_done)
         n = len(self.train)
         batch = self.settings.batch_size
         order = torch.randperm(n, device=self.device, generator=self.shuffle)
@@ -126,13 +150,19 @@ class Trainer:
         # saves two gathers per step (kernel launches on a GPU, dispatch on a CPU).
         torch.index_select(self.train.features, 0, order, out=self.shuffled_features)
         torch.index_select(self.train.labels, 0, order, out=self.shuffled_labels)
+        if self.augment is not None:
+            self.augment(self.shuffled_features, self.shuffle)
         # A last batch of one sample would break BatchNorm and adds only noise: drop it.
         stop = n - 1 if n % batch == 1 else n
+        steps = math.ceil(stop / batch)
+        group = self.optimizer.param_groups[0]
         losses = []
-        for inputs, targets in zip(self.shuffled_features[:stop].split(batch),
-                                   self.shuffled_labels[:stop].split(batch)):
+        for step, (inputs, targets) in enumerate(zip(self.shuffled_features[:stop].split(batch),
+                                                     self.shuffled_labels[:stop].split(batch))):
+            # Derived from the step count, so a resumed trainer needs no scheduler state.
+            group["lr"] = self.settings.learning_rate_at(self.epochs_done, (step + 1) / steps)
             # The model's Standardize layer turns uint8 pixels into floats in its first op.
-            loss = F.cross_entropy(self.model(inputs), targets)
+            loss = F.cross_entropy(self.model(inputs), targets, label_smoothing=self.settings.label_smoothing)
             # Gradients go straight to the optimizer: nothing to accumulate into or clear
             # from .grad, which at small batches is a measurable share of a step.
             self.optimizer_step(torch.autograd.grad(loss, self.optimizer_step.parameters))

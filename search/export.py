@@ -126,7 +126,7 @@ def retrain(trial: FrozenTrial, objective: str, data_dir: str | None, device_nam
     hyperparameters = space.model_hyperparameters(trial.params, dataset)
     epochs = epochs_run(trial)
     trainer = Trainer(build_mlp(hyperparameters), space.training_settings(trial.params, epochs),
-                      combined, device, seed)
+                      combined, device, seed, image_shape=dataset.image_shape)
     for epoch in range(1, epochs + 1):
         loss = trainer.run_epoch()
         say(f"retrain epoch {epoch}/{epochs}: train_loss {loss:.4f}")
@@ -268,7 +268,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
         members = test.labels == index
         per_class[name] = (predictions[members] == index).float().mean().item() if members.any() else None
     result = {"path": str(args.path), "objective": objective, "trial_number": metadata.get("trial_number"),
-              "test_accuracy": (predictions == test.labels).float().mean().item(),
+              # Counted, then divided in double precision: exactly what retraining recorded.
+              "test_accuracy": (predictions == test.labels).sum().item() / len(test),
               "n_test": len(test), "per_class_accuracy": per_class}
     if args.json:
         print(json.dumps(result, indent=2))

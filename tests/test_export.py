@@ -11,17 +11,25 @@ import optuna
 import pytest
 import torch
 
-from objectives import load_dataset
+from objectives import load_dataset, space
 from search import keys
 from tests.workers import REPO, one_error_line, run_search
+
+
+# Every training-only option on, so export and --retrain are tested with all of them.
+TRAINING_ONLY = {"warmup_epochs": 0.5, "label_smoothing": 0.1, "max_shift": 1, "flip": True}
 
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path) -> dict[str, str]:
     root = tmp_path_factory.mktemp("study")
     storage, artifacts = f"sqlite:///{root / 'study.db'}", str(root / "artifacts")
+    space_file = root / "space.toml"
+    space_file.write_text(space.DEFAULT_FILE.read_text() + "".join(
+        f"\n[fashion_mnist.{name}]\nvalue = {str(value).lower()}\n" for name, value in TRAINING_ONLY.items()))
     done = run_search("run", "--storage", storage, "--artifacts", artifacts, "--study", "export",
-                      "--data-dir", str(fashion_dir), "--n-trials", "3", "--epochs", "2", "--device", "cpu")
+                      "--data-dir", str(fashion_dir), "--n-trials", "3", "--epochs", "2", "--device", "cpu",
+                      "--space", str(space_file))
     assert done.returncode == 0, done.stdout + done.stderr
     return {"storage": storage, "artifacts": artifacts, "data_dir": str(fashion_dir), "root": str(root)}
 
@@ -140,6 +148,9 @@ def test_retrain_reports_test_accuracy_that_evaluate_reproduces(finished_study, 
     metadata = torch.load(export, weights_only=True)["metadata"]
     assert metadata["trained_on"] == "train+validation"
     assert 0.5 < metadata["test_accuracy"] <= 1.0
+    # Retrained with warm-up, label smoothing, shifts and flips; none of them is in the model.
+    assert metadata["params"].items() >= TRAINING_ONLY.items()
+    assert not any(word in line.lower() for line in metadata["layout"] for word in ("shift", "flip", "augment"))
     evaluated = run_search("evaluate", str(export), "--data-dir", finished_study["data_dir"], "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
@@ -189,3 +200,27 @@ def test_export_errors_are_one_clear_line(finished_study, tmp_path):
                                      "--artifacts", str(other_artifacts), "--export", str(tmp_path / "m.pt")))
     assert f"are not in {other_artifacts}" in line and "--retrain" in line
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_covtype_trains_exports_and_retrains_from_a_file_in_the_real_format(tmp_path, covtype_dir):
+    """CoverType end to end on a generated ``covtype.data.gz`` (UCI's format; the real file is
+    not available offline here): the default covtype space (no image augmentation), a
+    retrained export, and ``evaluate`` reproducing its test accuracy."""
+    storage = f"sqlite:///{tmp_path / 'cover.db'}"
+    common = ("--storage", storage, "--artifacts", str(tmp_path / "artifacts"), "--data-dir", str(covtype_dir))
+    done = run_search("run", "--objective", "covtype", "--study", "cover", "--n-trials", "3", "--epochs", "2",
+                      "--device", "cpu", *common)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = optuna.load_study(study_name="cover", storage=storage)
+    assert all((trial.params["max_shift"], trial.params["flip"]) == (0, False) for trial in study.trials)
+    assert {trial.params["batch_size"] for trial in study.trials} <= {512, 1024, 2048}
+    export = tmp_path / "cover.pt"
+    done = run_search("best", "--study", "cover", "--export", str(export), "--retrain", *common)
+    assert done.returncode == 0, done.stdout + done.stderr
+    payload = torch.load(export, weights_only=True)
+    assert payload["model_hyperparameters"]["n_inputs"] == 54 and payload["model_hyperparameters"]["n_classes"] == 7
+    assert payload["metadata"]["objective"] == "covtype"
+    evaluated = run_search("evaluate", str(export), "--data-dir", str(covtype_dir), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test_accuracy"] == pytest.approx(payload["metadata"]["test_accuracy"],
+                                                                          abs=1e-9)

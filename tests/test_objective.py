@@ -14,14 +14,16 @@ from optuna.trial import TrialState
 
 from models import build_mlp
 from objectives import EpochHooks, ObjectiveSettings, load_dataset, make_objective, space
+from objectives.augmentation import Augmenter
 from objectives.datasets import Dataset, Split
 from objectives.trainer import Trainer, TrainingDiverged, TrainingSettings
-from search.study import make_pruner
+from search.pruners import make_pruner
 
 CPU = torch.device("cpu")
 GOOD: dict[str, Any] = {
     "n_layers": 1, "n_units_l0": 128, "activation": "relu", "dropout": 0.0, "batch_norm": False,
     "optimizer": "adam", "learning_rate": 3e-3, "weight_decay": 1e-5, "batch_size": 64,
+    "warmup_epochs": 0.0, "label_smoothing": 0.0, "max_shift": 0, "flip": False,
 }
 BAD: dict[str, Any] = {**GOOD, "optimizer": "sgd", "learning_rate": 1e-5, "batch_size": 1024}
 
@@ -43,6 +45,14 @@ def fashion(fashion_dir: Path) -> Dataset:
 @pytest.fixture(scope="module")
 def cover(covtype_dir: Path) -> Dataset:
     return load_dataset("covtype", covtype_dir)
+
+
+def wide(dataset: Dataset) -> space.Space:
+    """The former, wider space (GOOD's small batch and BAD's SGD are in it) with the default
+    file's optional training tables."""
+    default = space.load_space(None, dataset.name)
+    return {**space.load_space(space.UNSTORED_FILE, dataset.name),
+            **{name: entry for name, entry in default.items() if name in space.OPTIONAL}}
 
 
 def new_study(seed: int = 0) -> optuna.Study:
@@ -81,13 +91,13 @@ def test_objective_end_to_end(name: str, fashion: Dataset, cover: Dataset) -> No
     study = new_study()
     study.enqueue_trial(GOOD)
     recorder = Recorder()
-    study.optimize(make_objective(dataset, ObjectiveSettings(epochs=epochs, device=CPU), recorder), n_trials=3)
+    study.optimize(make_objective(dataset, ObjectiveSettings(epochs=epochs, device=CPU, space=wide(dataset)), recorder), n_trials=3)
 
     trials = study.get_trials()
     assert len(trials) == 3
     assert all(t.state == TrialState.COMPLETE for t in trials)  # no pruning before 5 trials
     for trial in trials:
-        assert 0.0 < trial.value <= 1.0
+        assert 0.0 <= trial.value <= 1.0
         assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
         assert trial.intermediate_values[epochs] == trial.value
         assert all(0.0 <= v <= 1.0 for v in trial.intermediate_values.values())
@@ -104,7 +114,7 @@ def test_pruning_stops_a_bad_trial(fashion: Dataset) -> None:
     for _ in range(5):
         study.enqueue_trial(GOOD)
     study.enqueue_trial(BAD)
-    study.optimize(make_objective(fashion, ObjectiveSettings(epochs=epochs, device=CPU)), n_trials=6)
+    study.optimize(make_objective(fashion, ObjectiveSettings(epochs=epochs, device=CPU, space=wide(fashion))), n_trials=6)
 
     trials = study.get_trials()
     assert [t.state for t in trials[:5]] == [TrialState.COMPLETE] * 5
@@ -121,7 +131,7 @@ def run_one(dataset: Dataset, params: dict[str, Any], seed: int, epochs: int = 2
     recorder = hooks if isinstance(hooks, Recorder) else Recorder()
     study = new_study()
     study.enqueue_trial(params)
-    study.optimize(make_objective(dataset, ObjectiveSettings(epochs=epochs, device=CPU, seed=seed),
+    study.optimize(make_objective(dataset, ObjectiveSettings(epochs=epochs, device=CPU, seed=seed, space=wide(dataset)),
                                   recorder), n_trials=1)
     return study.trials[0], recorder
 
@@ -205,7 +215,8 @@ def test_trainer_clean_data_does_not_diverge() -> None:
 def test_diverging_trial_is_pruned_with_the_reason() -> None:
     study = new_study()
     study.enqueue_trial(GOOD)
-    objective = make_objective(poisoned_dataset(float("inf")), ObjectiveSettings(epochs=3, device=CPU))
+    poisoned = poisoned_dataset(float("inf"))
+    objective = make_objective(poisoned, ObjectiveSettings(epochs=3, device=CPU, space=wide(poisoned)))
     trial = study.ask()
     with pytest.raises(optuna.TrialPruned, match="loss.*epoch 1"):
         objective(trial)
@@ -224,17 +235,55 @@ def test_learning_rate_decays_on_a_cosine_over_the_trial() -> None:
     assert {constant.learning_rate_at(epoch) for epoch in range(5)} == {1e-3}
 
 
+def test_warm_up_rises_linearly_then_the_cosine_takes_over() -> None:
+    warm = TrainingSettings("adam", 1e-3, 0.0, 64, schedule_epochs=10, warmup_epochs=2)
+    cold = TrainingSettings("adam", 1e-3, 0.0, 64, schedule_epochs=10)
+    assert warm.learning_rate_at(0, 0.0) == 0
+    assert warm.learning_rate_at(0, 0.5) == pytest.approx(0.25 * cold.learning_rate_at(0))
+    assert warm.learning_rate_at(1, 0.5) == pytest.approx(0.75 * cold.learning_rate_at(1))
+    assert [warm.learning_rate_at(e, f) for e, f in ((1, 1.0), (2, 0.3), (9, 0.9))] == [
+        cold.learning_rate_at(e) for e in (1, 2, 9)]
+
+
+def test_augmentation_flips_and_shifts_each_image_by_one_offset() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.zeros(2000, 12, 10, dtype=torch.uint8)
+    # Random content inside a blank 2-pixel border: a shift of up to 2 loses nothing.
+    images[:, 2:-2, 2:-2] = torch.randint(1, 256, (2000, 8, 6), generator=generator, dtype=torch.uint8)
+    features = images.flatten(1).clone()
+    Augmenter((12, 10), max_shift=2, flip=True, n=2000, device=CPU, dtype=torch.uint8)(features, generator)
+    seen = set()
+    for original, augmented in zip(images, features.view(2000, 12, 10)):
+        matches = [(dy, dx, flipped) for flipped in (False, True) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(torch.roll(original.flip(-1) if flipped else original, (dy, dx), (0, 1)),
+                                  augmented)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == 50  # every offset, flipped and not
+
+
+def test_augmenting_rows_that_are_not_images_is_refused(cover: Dataset) -> None:
+    with pytest.raises(ValueError, match="shifts and flips need images"):
+        Trainer(build_mlp(space.model_hyperparameters(GOOD, cover)),
+                space.training_settings({**GOOD, "flip": True}, 2), cover.train, CPU, seed=0)
+
+
 # --- trainer checkpoint --------------------------------------------------------------------
 
 
-def test_trainer_checkpoint_round_trip(fashion: Dataset) -> None:
-    params = {**GOOD, "dropout": 0.2, "batch_norm": True}
+AUGMENTED = {"warmup_epochs": 1.5, "label_smoothing": 0.1, "max_shift": 2, "flip": True}
+
+
+@pytest.mark.parametrize("extra", [{}, AUGMENTED], ids=["plain", "augmented"])
+def test_trainer_checkpoint_round_trip(fashion: Dataset, extra: dict[str, Any]) -> None:
+    params = {**GOOD, "dropout": 0.2, "batch_norm": True, **extra}
     hyperparameters = space.model_hyperparameters(params, fashion)
     settings = space.training_settings(params, 4)
-    assert settings == TrainingSettings("adam", 3e-3, 1e-5, 64, schedule_epochs=4)
+    assert settings == TrainingSettings("adam", 3e-3, 1e-5, 64, schedule_epochs=4, **extra)
 
     torch.manual_seed(11)
-    trainer = Trainer(build_mlp(hyperparameters), settings, fashion.train, CPU, seed=11)
+    trainer = Trainer(build_mlp(hyperparameters), settings, fashion.train, CPU, seed=11,
+                      image_shape=fashion.image_shape)
     trainer.run_epoch()
     buffer = io.BytesIO()
     torch.save(trainer.state_dict(), buffer)  # serialised, as the worker's checkpoints are
@@ -243,7 +292,8 @@ def test_trainer_checkpoint_round_trip(fashion: Dataset) -> None:
 
     def resumed_trainer(load: bool) -> tuple[Trainer, float]:
         torch.manual_seed(999)  # a different global RNG and init: the state must restore both
-        fresh = Trainer(build_mlp(hyperparameters), settings, fashion.train, CPU, seed=999)
+        fresh = Trainer(build_mlp(hyperparameters), settings, fashion.train, CPU, seed=999,
+                        image_shape=fashion.image_shape)
         if load:
             buffer.seek(0)
             fresh.load_state_dict(torch.load(buffer, weights_only=True))

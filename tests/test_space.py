@@ -1,5 +1,6 @@
-"""The search space file: the default reproduces the space that used to be code, an edited
-file changes what is sampled, and a bad file is one clear line."""
+"""The search space file: a file of the nine original tables reproduces the space that used
+to be code, the optional tables add to it, an edited file changes what is sampled, and a bad
+file is one clear line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import optuna
 import pytest
 
 from objectives import space
+from search import keys
+from search.study import study_space
 
 
 def former_suggest(trial: optuna.Trial) -> dict:
@@ -37,8 +40,41 @@ def sampled(suggest, n: int = 40, seed: int = 3) -> list[dict]:
     return made
 
 
-def test_the_default_file_reproduces_the_former_space_exactly():
-    assert sampled(lambda trial: space.suggest(trial, space.load_space(None, "covtype"))) == sampled(former_suggest)
+
+
+def test_the_file_studies_without_a_stored_space_sample_is_the_former_space_exactly():
+    nine = space.load_space(space.UNSTORED_FILE, "fashion_mnist")
+    assert list(nine) == list(space.KINDS)[:9]
+    assert sampled(lambda trial: space.suggest(trial, nine)) == sampled(former_suggest)
+
+
+def test_a_study_that_stored_no_space_keeps_sampling_the_former_default():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    assert study_space(study) == space.load_space(space.UNSTORED_FILE, "fashion_mnist")
+    assert study_space(study)["optimizer"] == {"choices": ["sgd", "adam", "adamw"]}
+
+
+def test_the_default_space_augments_images_only():
+    fashion = sampled(lambda trial: space.suggest(trial, space.load_space(None, "fashion_mnist")), n=20)
+    assert {params["max_shift"] for params in fashion} == {0, 1}
+    assert {params["flip"] for params in fashion} == {False, True}
+    assert all(0 <= params["label_smoothing"] <= 0.2 and 0 <= params["warmup_epochs"] <= 2 for params in fashion)
+    covtype = sampled(lambda trial: space.suggest(trial, space.load_space(None, "covtype")), n=20)
+    assert {(params["max_shift"], params["flip"]) for params in covtype} == {(0, False)}
+    # Trials of a space without the optional tables train as before them: none of each.
+    settings = space.training_settings(sampled(lambda trial: space.suggest(
+        trial, space.load_space(space.UNSTORED_FILE, "fashion_mnist")), n=1)[0], 5)
+    assert (settings.warmup_epochs, settings.label_smoothing, settings.max_shift, settings.flip) == (0, 0, 0, False)
+
+
+def test_augmenting_table_rows_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(space.DEFAULT_FILE.read_text().replace("[covtype.max_shift]\nvalue = 0\n", ""))
+    with pytest.raises(space.SpaceError, match=r"\[max_shift\] augments images, and covtype rows are not images; "
+                                                 r"add \[covtype.max_shift\] value = 0"):
+        space.load_space(path, "covtype")
+    assert space.load_space(path, "fashion_mnist")["max_shift"] == {"low": 0, "high": 1, "log": False}
 
 
 def test_an_edited_file_changes_what_is_sampled(tmp_path):
@@ -57,11 +93,11 @@ def test_an_edited_file_changes_what_is_sampled(tmp_path):
     (lambda text: text + "\n[n_layers\n", "is not valid TOML"),
     (lambda text: text + "\n[depth]\nvalue = 3\n", "unknown table [depth]"),
     (lambda text: text + "\n[covtype.depth]\nvalue = 3\n", "unknown parameter [covtype.depth]"),
-    (lambda text: text.replace("low = 1e-5", "low = 1.0"), "[learning_rate] low 1.0 is above high 0.1"),
+    (lambda text: text.replace("low = 1e-4", "low = 1.0"), "[learning_rate] low 1.0 is above high 0.01"),
     (lambda text: text.replace("low = 1e-6", "low = 0.0"), "[weight_decay] a log range needs low > 0"),
-    (lambda text: text.replace('"sgd", ', '"lion", '), "[optimizer] 'lion' is not one of sgd, adam, adamw"),
+    (lambda text: text.replace('["adam", ', '["lion", '), "[optimizer] 'lion' is not one of sgd, adam, adamw"),
     (lambda text: text.replace("high = 0.5", "high = 1.5"), "[dropout] 1.5 is not in [0, 1)"),
-    (lambda text: text.replace("low = 32", "low = 32.5"), "[n_units] 32.5 is not a whole number"),
+    (lambda text: text.replace("low = 256", "low = 32.5"), "[n_units] 32.5 is not a whole number"),
     (lambda text: text.replace("choices = [false, true]", "choices = []"), "[batch_norm] choices must be"),
     (lambda text: text.replace("[batch_size]\nchoices", "[batch_size]\nchoice"), "[batch_size] has choice"),
     (lambda text: text.replace("[activation]", "[activations]"), "unknown table [activations]"),
