@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from search import options
 from search.errors import UserError
 from search.options import OneLineParser, add
+from search.pruners import PRUNERS
 
 MAX_STUDY_NAME = 512  # Optuna's column for study names
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
             convert=options.seconds, default=300)
         add(command, name, "--keep-best", "KEEP_BEST", "keep final weights of only the best K trials",
             convert=options.positive_int, default=5)
+        add(command, name, "--pruner", "PRUNER", "median (stop a trial below the median of earlier trials at "
+            "the same epoch), hyperband or successive-halving (Optuna's; default: the study's, median for a new "
+            "study)", convert=options.choice(*PRUNERS))
         add(command, name, "--space", "SPACE", "search space file (TOML; default: the study's, or for a new "
             "study the one shipped in objectives/space.toml)")
 
@@ -130,7 +134,7 @@ def command_work(args: argparse.Namespace) -> int:
         epochs=args.epochs, n_trials=args.n_trials, data_dir=args.data_dir, artifacts=args.artifacts,
         device=args.device, seed=args.seed, timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, keep_best=args.keep_best, db_patience=args.db_patience,
-        space=args.space,
+        space=args.space, pruner=args.pruner,
     )
     worker = run_worker(config, say=lambda line: print(line, flush=True))
     if args.command == "run":

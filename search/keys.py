@@ -14,6 +14,7 @@ METRIC_NAME = "val_accuracy"  # study.set_metric_names: the dashboard's label fo
 OBJECTIVE = "objective"  # which objective (dataset) the study trains
 EPOCHS = "epochs"  # epochs per trial
 SPACE = "search_space"  # the search space the study samples (objectives.space.load_space's dict)
+PRUNER = "pruner"  # search.pruners.PRUNERS: how the study stops unpromising trials
 BUDGET = "n_trials"  # the study-wide budget: trials that must finish (complete, pruned or failed)
 
 # --- study system attrs --------------------------------------------------------

@@ -48,6 +48,15 @@ def whole(low: int, high: int | None = None) -> Callable[[str], int]:
     return convert
 
 
+def choice(*allowed: str) -> Callable[[str], str]:
+    """A converter that accepts only one of ``allowed``."""
+    def convert(value: str) -> str:
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+    return convert
+
+
 positive_int = whole(1)
 seed = whole(0, MAX_SEED)
 port = whole(1, 65535)

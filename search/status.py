@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from search import keys
 from search.optuna_adapter import Progress
+from search.study import study_pruner
 
 
 def format_params(params: dict[str, object]) -> str:
@@ -24,7 +25,7 @@ def study_report(study: optuna.Study, progress: Progress) -> str:
     retried = sum(keys.CONTINUED_BY in trial.system_attrs for trial in trials)
     lines = [
         f"study {study.study_name}: objective {attrs.get(keys.OBJECTIVE, '?')}, {epochs} epochs per trial, "
-        f"budget {progress.budget}",
+        f"budget {progress.budget}, {study_pruner(study)} pruner",
         f"  finished {progress.finished} (complete {progress.complete}, pruned {progress.pruned}, "
         f"failed {progress.failed}), running {progress.running}, waiting {progress.waiting}",
     ]

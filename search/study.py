@@ -24,6 +24,7 @@ from search.artifacts import new_token
 from search.errors import UserError
 from search.locking import named_lock
 from search.options import DEFAULT_BUDGET
+from search.pruners import DEFAULT_PRUNER, make_pruner
 from search.storage import ResilientStorage
 
 
@@ -33,6 +34,7 @@ class StudySpec:
     objective: str
     epochs: int
     space: dict[str, Any] | None = None  # from --space; None: the study's own (the default for a new one)
+    pruner: str | None = None  # from --pruner; None: the study's own (median for a new one)
 
 
 def study_lock(storage: ResilientStorage, study_name: str) -> contextlib.AbstractContextManager[None]:
@@ -54,14 +56,6 @@ def make_sampler(seed: int | None, gamma: Callable[[int], int] | None = None) ->
         # constant_liar: running trials count as bad guesses, so parallel workers spread out.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                           gamma=gamma)
-
-
-# The median rule's settings, for Optuna's MedianPruner and the worker's HistoryMedianPruner.
-MEDIAN_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
-
-
-def make_pruner() -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(**MEDIAN_PRUNER, interval_steps=1)
 
 
 def load_existing(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None,
@@ -95,6 +89,11 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
             f"study {spec.name!r} trains {epochs} epochs per trial, not {spec.epochs}; "
             f"pass --epochs {epochs} or choose another --study name"
         )
+    if spec.pruner is not None and (recorded_pruner := study_pruner(study)) != spec.pruner:
+        raise UserError(
+            f"study {spec.name!r} prunes with {recorded_pruner}, not {spec.pruner}; pass --pruner "
+            f"{recorded_pruner} (or drop --pruner) or choose another --study name"
+        )
     if spec.space is not None and (recorded_space := study_space(study)) != spec.space:
         differs = next(name for name in [*recorded_space, *spec.space]
                        if recorded_space.get(name) != spec.space.get(name))
@@ -125,10 +124,15 @@ def check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> opt
 
 def study_space(study: optuna.Study) -> dict[str, Any]:
     """The space the study samples: stored with it (studies from before the space file
-    sampled the default one)."""
-    from objectives.space import load_space  # here: read-only commands never need torch
+    sampled what was then the default, kept as ``space.UNSTORED_FILE``)."""
+    from objectives.space import UNSTORED_FILE, load_space  # here: read-only commands never need torch
 
-    return study.user_attrs.get(keys.SPACE) or load_space(None, study.user_attrs.get(keys.OBJECTIVE))
+    return study.user_attrs.get(keys.SPACE) or load_space(UNSTORED_FILE, study.user_attrs.get(keys.OBJECTIVE))
+
+
+def study_pruner(study: optuna.Study) -> str:
+    """The study's pruner (studies from before the choice existed used the median rule)."""
+    return study.user_attrs.get(keys.PRUNER, DEFAULT_PRUNER)
 
 
 def describe_study(study: optuna.Study, spec: StudySpec) -> None:
@@ -137,6 +141,7 @@ def describe_study(study: optuna.Study, spec: StudySpec) -> None:
     study.set_user_attr(keys.OBJECTIVE, spec.objective)
     study.set_user_attr(keys.EPOCHS, spec.epochs)
     study.set_user_attr(keys.SPACE, spec.space or load_space(None, spec.objective))
+    study.set_user_attr(keys.PRUNER, spec.pruner or DEFAULT_PRUNER)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([keys.METRIC_NAME])

@@ -30,8 +30,9 @@ from search.history import History
 from search.sampling import BoundedSampler, HistoryMedianPruner
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
+from search.pruners import MEDIAN_PRUNER, make_pruner
 from search.study import (
-    MEDIAN_PRUNER, StudySpec, check_existing, join_study, make_sampler, study_space, worker_seed,
+    StudySpec, check_existing, join_study, make_sampler, study_pruner, study_space, worker_seed,
 )
 
 
@@ -58,6 +59,7 @@ class WorkerConfig:
     checkpoint_every: int = 1
     db_patience: float = RECONNECT_PATIENCE_S
     space: str | None = None  # a search space file; None: the study's (the default for a new one)
+    pruner: str | None = None  # search.pruners.PRUNERS; None: the study's (median for a new one)
 
 
 class Workload(Protocol):
@@ -98,7 +100,7 @@ class Worker:
             from objectives.space import load_space
 
             space = load_space(config.space, config.objective)
-        spec = StudySpec(config.study, config.objective, config.epochs, space)
+        spec = StudySpec(config.study, config.objective, config.epochs, space, config.pruner)
         existing = open_storage(config.storage, writable=False, missing_ok=True)
         if existing is not None:
             check_existing(existing, spec)
@@ -115,7 +117,9 @@ class Worker:
         self.history = History(self.storage, self.study, seed=self.index)
         sampler = make_sampler(worker_seed(config.seed, self.index), gamma=self.history.gamma)
         self.study.sampler = BoundedSampler(sampler, self.history)
-        self.study.pruner = HistoryMedianPruner(self.history, **MEDIAN_PRUNER)
+        pruner = study_pruner(self.study)
+        self.study.pruner = (HistoryMedianPruner(self.history, **MEDIAN_PRUNER) if pruner == "median"
+                             else make_pruner(pruner, config.epochs))
         optuna_adapter.faster_tpe()
 
     def run(self) -> optuna.Study:
@@ -124,6 +128,7 @@ class Worker:
         objective = self.workload.objective(self)
         progress = self.slots.progress()
         self.say(f"joined study {config.study!r} ({config.objective}, {config.epochs} epochs/trial, "
+                 f"{study_pruner(self.study)} pruner, "
                  f"budget {progress.budget}, {progress.finished} finished) as {self.identity} on {self.device}")
         self.directory.sweep(self.slots, self.token)
         with self.signals.installed():

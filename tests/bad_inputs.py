@@ -223,6 +223,10 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
      "--retrain needs somewhere to write", {}),
     ("force-no-export", ["best", "--study", "ready", "--storage", "{db}", "--force"], "--force only applies", {}),
     ("evaluate-no-path", ["evaluate"], "required: path", {}),
+    ("pruner-unknown", ["run", "--pruner", "asha"], "argument --pruner: 'asha' is not one of median, hyperband, "
+     "successive-halving", {}),
+    ("pruner-env-bad", ["run"], "SEARCH_PRUNER='Median' (from the environment): 'Median' is not one of median, "
+     "hyperband, successive-halving; fix or unset SEARCH_PRUNER", {"SEARCH_PRUNER": "Median"}),
     ("space-missing", ["run", "--space", "{w}/no-space.toml"], "search space file {w}/no-space.toml: cannot read "
      "it (No such file or directory); check --space", {}),
     ("space-malformed", ["run", "--space", "{w}/notes.txt"], "search space file {w}/notes.txt is not valid TOML", {}),

@@ -54,6 +54,25 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, expected):
     assert expected in line
 
 
+@pytest.mark.parametrize("pruner", ["successive-halving", "hyperband"])
+def test_the_pruner_is_recorded_with_the_study_and_used_by_every_worker(tmp_path, fashion_dir, pruner):
+    common = ("--data-dir", str(fashion_dir), "--epochs", "3", "--device", "cpu", "--seed", "1")
+    done = run_search("run", "--pruner", pruner, "--n-trials", "6", *common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"3 epochs/trial, {pruner} pruner" in done.stdout
+    # A worker without --pruner takes the study's.
+    joined = run_search("worker", "--study", "fashion_mnist", "--n-trials", "9", *common, cwd=tmp_path)
+    assert joined.returncode == 0, joined.stderr
+    assert f"3 epochs/trial, {pruner} pruner" in joined.stdout
+    study = optuna.load_study(study_name="fashion_mnist", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert study.user_attrs[keys.PRUNER] == pruner
+    states = [trial.state for trial in study.trials]
+    assert len(states) == 9 and set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    if pruner == "successive-halving":
+        # The median rule waits for 5 finished trials; successive halving prunes from the second.
+        assert optuna.trial.TrialState.PRUNED in states[:5], states
+
+
 def test_corrupt_idx_file_names_the_file(tmp_path, fashion_dir):
     broken = tmp_path / "broken"
     shutil.copytree(fashion_dir, broken)
@@ -106,8 +125,12 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "1",
                                      "--space", str(narrower), *common))
     assert "samples another search space than --space gives ([n_layers] is" in line and "drop --space" in line
+    line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "1",
+                                     "--pruner", "hyperband", *common))
+    assert "study 'shared' prunes with median, not hyperband; pass --pruner median" in line
     assert database_snapshot(url) == before
-    assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.SPACE] == space.DEFAULT
+    assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.SPACE] == space.load_space(None, "fashion_mnist")
+    assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.PRUNER] == "median"
 
     # A worker without --n-trials takes the study's budget (2), not the default for a new study.
     done = run_search("worker", "--study", "shared", "--epochs", "1", *common)

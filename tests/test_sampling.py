@@ -16,7 +16,8 @@ from search import optuna_adapter
 from search.history import History
 from search.sampling import BoundedSampler, HistoryMedianPruner, median
 from search.storage import open_storage
-from search.study import MEDIAN_PRUNER, StudySpec, join_study, make_pruner, make_sampler
+from search.pruners import MEDIAN_PRUNER, make_pruner
+from search.study import StudySpec, join_study, make_sampler
 
 SPEC = StudySpec("sampling", "fashion_mnist", 5)
 
