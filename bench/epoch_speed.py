@@ -16,8 +16,6 @@ thread and at torch's default (every core); both loops always get the same count
 from __future__ import annotations
 
 import argparse
-import gzip
-import shutil
 import sys
 import tempfile
 import time
@@ -25,13 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_mlp  # noqa: E402
 from objectives import fashion_mnist  # noqa: E402
 from objectives.trainer import Trainer, TrainingSettings, pick_device  # noqa: E402
+
+import textbook  # noqa: E402  (bench/, beside this file)
 
 HIDDEN = [300, 100]
 LEARNING_RATE = 0.01
@@ -45,26 +44,11 @@ def synchronize(device: torch.device) -> None:
 def tutorial_loop(raw_root: Path, batch_size: int, device: torch.device) -> Callable[[], None]:
     """One epoch of the textbook loop per call (the official 60k training images would be
     9 % more work, so it trains on the first 55,000 to match)."""
-    from torchvision import datasets
-    from torchvision.transforms import v2
-
-    transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    dataset = datasets.FashionMNIST(str(raw_root), train=True, download=False, transform=transform)
-    dataset = torch.utils.data.Subset(dataset, range(55_000))
+    dataset = torch.utils.data.Subset(textbook.training_images(raw_root), range(55_000))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100),
-                          nn.ReLU(), nn.Linear(100, 10)).to(device)
+    model = textbook.mlp(HIDDEN).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def epoch() -> None:
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad()
-            loss = loss_fn(model(images), labels)
-            loss.backward()
-            optimizer.step()
-    return epoch
+    return lambda: textbook.train_epoch(model, loader, optimizer, device)
 
 
 def our_loop(dataset: fashion_mnist.Dataset, batch_size: int, device: torch.device) -> Callable[[], None]:
@@ -122,15 +106,6 @@ def matmul_rate(batch_size: int, device: torch.device, repeats: int = 30) -> flo
     return flops * repeats / best
 
 
-def extract_for_torchvision(data_dir: Path, into: Path) -> Path:
-    raw = into / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in fashion_mnist.FILES.values():
-        with gzip.open(data_dir / name, "rb") as source, open(raw / name[:-3], "wb") as target:
-            shutil.copyfileobj(source, target)
-    return into
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=fashion_mnist.SYSTEM_DIR)
@@ -146,7 +121,7 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, {n_params:,} parameters, "
           f"{len(dataset.train):,} training samples")
     with tempfile.TemporaryDirectory() as tmp:
-        raw_root = extract_for_torchvision(fashion_mnist.find_files(args.data_dir)["train_images"].parent, Path(tmp))
+        raw_root = textbook.extract_for_torchvision(fashion_mnist.find_files(args.data_dir)["train_images"].parent, Path(tmp))
         for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
             torch.set_num_threads(threads)
             for batch_size in args.batch_sizes:
