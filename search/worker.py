@@ -27,10 +27,10 @@ from search.database import RECONNECT_PATIENCE_S
 from search.errors import SearchError
 from search.heartbeat import Heartbeat
 from search.history import History
+from search.pruners import MEDIAN_PRUNER, make_pruner
 from search.sampling import BoundedSampler, HistoryMedianPruner
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
-from search.pruners import MEDIAN_PRUNER, make_pruner
 from search.study import (
     StudySpec, check_existing, join_study, make_sampler, study_pruner, study_space, worker_seed,
 )
