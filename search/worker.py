@@ -117,9 +117,9 @@ class Worker:
         self.history = History(self.storage, self.study, seed=self.index)
         sampler = make_sampler(worker_seed(config.seed, self.index), gamma=self.history.gamma)
         self.study.sampler = BoundedSampler(sampler, self.history)
-        pruner = study_pruner(self.study)
-        self.study.pruner = (HistoryMedianPruner(self.history, **MEDIAN_PRUNER) if pruner == "median"
-                             else make_pruner(pruner, config.epochs))
+        self.pruner = study_pruner(self.study)  # what every worker of the study prunes with
+        self.study.pruner = (HistoryMedianPruner(self.history, **MEDIAN_PRUNER) if self.pruner == "median"
+                             else make_pruner(self.pruner, config.epochs))
         optuna_adapter.faster_tpe()
 
     def run(self) -> optuna.Study:
@@ -128,7 +128,7 @@ class Worker:
         objective = self.workload.objective(self)
         progress = self.slots.progress()
         self.say(f"joined study {config.study!r} ({config.objective}, {config.epochs} epochs/trial, "
-                 f"{study_pruner(self.study)} pruner, "
+                 f"{self.pruner} pruner, "
                  f"budget {progress.budget}, {progress.finished} finished) as {self.identity} on {self.device}")
         self.directory.sweep(self.slots, self.token)
         with self.signals.installed():
