@@ -34,7 +34,9 @@ def study_name(value: str) -> str:
 
 def add_common(parser: argparse.ArgumentParser, command: str, *names: str) -> None:
     if "study" in names:
-        add(parser, command, "--study", "STUDY", "study name", convert=study_name)
+        add(parser, command, "--study", "STUDY", "study name (default: the objective's name)"
+            if command in ("run", "worker") else "study name (default: the storage's only study)",
+            convert=study_name)
     if "storage" in names:
         add(parser, command, "--storage", "STORAGE", "study storage URL: sqlite:///FILE.db or "
             "postgresql://USER:PASSWORD@HOST:PORT/DB", default=options.DEFAULT_STORAGE)
@@ -58,12 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("run", "run a whole study here and print a summary"),
                             ("worker", "join a shared study and work until its budget is done")):
         command = commands.add_parser(name, help=help_text)
-        add(command, name, "--objective", "OBJECTIVE", "fashion_mnist or covtype", default="fashion_mnist")
+        add(command, name, "--objective", "OBJECTIVE", "fashion_mnist or covtype (default: the study's; "
+            f"{options.DEFAULT_OBJECTIVE} for a new study)")
         add_common(command, name, "study", "storage", "artifacts", "data", "device")
         add(command, name, "--n-trials", "N_TRIALS", "study-wide trial budget, counted over all workers; raises "
             f"an existing study's (default: the study's own; {options.DEFAULT_BUDGET} for a new study)",
             convert=options.positive_int)
-        add(command, name, "--epochs", "EPOCHS", "epochs per trial", convert=options.positive_int, default=10)
+        add(command, name, "--epochs", "EPOCHS", "epochs per trial (default: the study's; "
+            f"{options.DEFAULT_EPOCHS} for a new study)", convert=options.positive_int)
         add(command, name, "--timeout", "TIMEOUT", "stop claiming new trials after this many seconds",
             convert=options.seconds)
         add(command, name, "--seed", "SEED", f"base seed 0..{options.MAX_SEED}; worker k's sampler uses seed + k",
@@ -122,7 +126,7 @@ def command_work(args: argparse.Namespace) -> int:
     from search.training import check_device
     from search.worker import WorkerConfig, run_worker
 
-    if args.objective not in OBJECTIVES:
+    if args.objective is not None and args.objective not in OBJECTIVES:
         raise UnknownObjective(args.objective)
     if args.grace_period < 2 * args.heartbeat_interval:
         raise UserError(f"--grace-period {args.grace_period:g} must be at least twice --heartbeat-interval "
@@ -130,7 +134,7 @@ def command_work(args: argparse.Namespace) -> int:
                         f"lower --heartbeat-interval")
     check_device(args.device)
     config = WorkerConfig(
-        storage=args.storage, study=args.study or args.objective, objective=args.objective,
+        storage=args.storage, study=args.study or args.objective or options.DEFAULT_OBJECTIVE, objective=args.objective,
         epochs=args.epochs, n_trials=args.n_trials, data_dir=args.data_dir, artifacts=args.artifacts,
         device=args.device, seed=args.seed, timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, keep_best=args.keep_best, db_patience=args.db_patience,
@@ -205,8 +209,7 @@ HANDLERS = {"run": command_work, "worker": command_work, "status": command_statu
 
 
 def run(args: argparse.Namespace) -> int:
-    required = {"status": ("study",), "best": ("study",), "report": ("study",)}.get(args.command, ())
-    options.resolve(args, required)
+    options.resolve(args)
     return HANDLERS[args.command](args)
 
 

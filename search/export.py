@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from models import build_mlp, describe_layout
 from search import keys
 from search.errors import UserError
+from search.wording import counted
 
 FORMAT_VERSION = 1
 PROGRAM_SUFFIX = ".pt2"  # --export PATH.pt2 writes a torch.export program instead
@@ -166,7 +167,7 @@ def command_best(args: argparse.Namespace) -> int:
     else:
         attempts = f" over {summary['attempts']} attempts" if summary["attempts"] > 1 else ""
         print(f"best trial {trial.number} of study {study.study_name!r}: val_acc {trial.value:.2%} "
-              f"after {summary['epochs']} epochs in {summary['duration_s'] or 0:.0f} s{attempts}")
+              f"after {counted(summary['epochs'], 'epoch')} in {summary['duration_s'] or 0:.0f} s{attempts}")
         for key, value in trial.params.items():
             print(f"  {key} = {value}")
     if export is None:

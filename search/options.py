@@ -24,6 +24,8 @@ from search.errors import UserError
 DEFAULT_STORAGE = "sqlite:///search.db"  # the embedded default: a file, no server
 DEFAULT_ARTIFACTS = "search-artifacts"
 DEFAULT_BUDGET = 20  # a new study's trial budget when no --n-trials is given
+DEFAULT_OBJECTIVE = "fashion_mnist"  # a new study's, when no --objective is given
+DEFAULT_EPOCHS = 10  # a new study's epochs per trial, when no --epochs is given
 MAX_SEED = 2**32 - 1  # numpy's RandomState (inside Optuna's samplers) takes seeds below 2**32
 
 
@@ -122,7 +124,7 @@ def from_environment(variable: str) -> tuple[str, str, str] | None:
     return content.strip(), f"{variable}_FILE={path!r} (the file's content)", f"fix the file or unset {variable}_FILE"
 
 
-def resolve(args: argparse.Namespace, required: tuple[str, ...] = ()) -> None:
+def resolve(args: argparse.Namespace) -> None:
     """Fill options not given on the command line from the environment, then defaults."""
     for dest, source in FROM_ENV.get(args.command, {}).items():
         if getattr(args, dest) is not None:
@@ -136,8 +138,3 @@ def resolve(args: argparse.Namespace, required: tuple[str, ...] = ()) -> None:
             setattr(args, dest, source.convert(raw))
         except (argparse.ArgumentTypeError, ValueError) as error:
             raise UserError(f"{origin}: {error}; {fix}") from None
-    for dest in required:
-        if getattr(args, dest) is None:
-            variable = FROM_ENV[args.command][dest].variable
-            raise UserError(f"search {args.command} needs a {dest.replace('_', ' ')}; pass "
-                            f"--{dest.replace('_', '-')} NAME (or set {variable})")

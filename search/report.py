@@ -127,13 +127,13 @@ def command_report(args: argparse.Namespace) -> int:
     from search.storage import open_storage
     from search.study import load_existing
 
-    out = Path(args.out or f"report-{args.study}")
-    check_output_directory(out)
     study = load_existing(open_storage(args.storage, writable=False), args.study)
+    out = Path(args.out or f"report-{study.study_name}")
+    check_output_directory(out)
     trials = study.get_trials(deepcopy=False)
     if not any(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials):
-        raise UserError(f"study {args.study!r} has no finished trial to report yet; "
-                        f"see: search status --study {args.study}")
+        raise UserError(f"study {study.study_name!r} has no finished trial to report yet; "
+                        f"see: search status --study {study.study_name}")
 
     make_output_directory(out)
     say = functools.partial(print, flush=True)

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from search import keys
 from search.optuna_adapter import Progress
 from search.study import study_pruner
+from search.wording import counted
 
 
 def format_params(params: dict[str, object]) -> str:
@@ -30,7 +31,7 @@ def study_report(study: optuna.Study, progress: Progress) -> str:
         f"failed {progress.failed}), running {progress.running}, waiting {progress.waiting}",
     ]
     if retried:
-        lines.append(f"  {retried} trial(s) failed by a dead or stopped worker and continued by a retry")
+        lines.append(f"  {counted(retried, 'trial')} failed by a dead or stopped worker and continued by a retry")
     completed = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     if completed:
         best = study.best_trial

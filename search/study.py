@@ -23,9 +23,10 @@ from search import keys, optuna_adapter
 from search.artifacts import new_token
 from search.errors import UserError
 from search.locking import named_lock
-from search.options import DEFAULT_BUDGET
+from search.options import DEFAULT_BUDGET, DEFAULT_EPOCHS, DEFAULT_OBJECTIVE
 from search.pruners import DEFAULT_PRUNER, make_pruner
 from search.storage import ResilientStorage
+from search.wording import counted
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,16 @@ def make_sampler(seed: int | None, gamma: Callable[[int], int] | None = None) ->
                                           gamma=gamma)
 
 
-def load_existing(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler | None = None,
-                  ) -> optuna.Study:
+def load_existing(storage: optuna.storages.BaseStorage, name: str | None,
+                  sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """The study called ``name``; with no name, the storage's only study (what a user of
+    one study means by ``search status``)."""
+    if name is None:
+        known = optuna.study.get_all_study_names(storage)
+        if len(known) != 1:
+            held = f"holds {len(known)} studies ({', '.join(known)})" if known else "holds no study yet"
+            raise UserError(f"this storage {held}; pass --study NAME (or set SEARCH_STUDY)")
+        name = known[0]
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner())
     except KeyError:
@@ -86,7 +95,7 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
     epochs = study.user_attrs.get(keys.EPOCHS)
     if epochs != spec.epochs:
         raise UserError(
-            f"study {spec.name!r} trains {epochs} epochs per trial, not {spec.epochs}; "
+            f"study {spec.name!r} trains {counted(epochs, 'epoch')} per trial, not {spec.epochs}; "
             f"pass --epochs {epochs} or choose another --study name"
         )
     if spec.pruner is not None and (recorded_pruner := study_pruner(study)) != spec.pruner:
@@ -111,15 +120,11 @@ def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study 
     return load_existing(storage, name)
 
 
-def check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> optuna.Study | None:
-    """The study named in ``spec`` if it exists and fits it (read-only); None if it does not exist.
-
-    Workers call it once early, so a mismatch is reported before any slow set-up.
-    """
-    study = find_study(storage, spec.name)
-    if study is not None:
-        check_compatible(study, spec)
-    return study
+def inherit(recorded: dict[str, Any], objective: str | None, epochs: int | None) -> tuple[str, int]:
+    """``--objective`` and ``--epochs``, where not given, from the study's recorded user
+    attrs (or for a new study the defaults): ``search worker --study NAME`` just joins."""
+    return (objective or recorded.get(keys.OBJECTIVE, DEFAULT_OBJECTIVE),
+            epochs or recorded.get(keys.EPOCHS, DEFAULT_EPOCHS))
 
 
 def study_space(study: optuna.Study) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from objectives.trainer import Trainer
 from search import keys
 from search.artifacts import ArtifactDirectory
 from search.errors import UserError
+from search.wording import counted
 
 if TYPE_CHECKING:
     from search.worker import Worker, WorkerConfig
@@ -36,7 +37,8 @@ def check_device(requested: str) -> None:
             shown = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
             raise UserError(f"--device {requested}: no CUDA GPU is visible here{shown}; use --device cpu or auto")
         if colon and not (index.isdigit() and int(index) < count):
-            raise UserError(f"--device {requested}: this machine has {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
+            raise UserError(f"--device {requested}: this machine has {counted(count, 'CUDA GPU')}: "
+                            f"cuda:0..cuda:{count - 1}")
         return
     raise UserError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:N")
 

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import optuna
@@ -32,8 +32,9 @@ from search.sampling import BoundedSampler, HistoryMedianPruner
 from search.signals import StopSignals, WorkerStopped
 from search.storage import open_storage
 from search.study import (
-    StudySpec, check_existing, join_study, make_sampler, study_pruner, study_space, worker_seed,
+    StudySpec, check_compatible, find_study, inherit, join_study, make_sampler, study_pruner, study_space, worker_seed,
 )
+from search.wording import counted
 
 
 # Fault-injection hook for the tests: sleep this long between claiming a trial and
@@ -45,8 +46,8 @@ FAULT_PAUSE_AFTER_CLAIM = "HPSEARCH_FAULT_PAUSE_AFTER_CLAIM"
 class WorkerConfig:
     storage: str
     study: str
-    objective: str
-    epochs: int
+    objective: str | None  # None: the study's (fashion_mnist for a new one); set by ``Worker.join``
+    epochs: int | None  # None: the study's (10 for a new one); set by ``Worker.join``
     n_trials: int | None
     data_dir: str | None
     artifacts: str
@@ -75,11 +76,7 @@ class Workload(Protocol):
 
 class Worker:
     def __init__(self, config: WorkerConfig, say: Callable[[str], None], workload: Workload | None = None) -> None:
-        if workload is None:
-            from search.training import Training  # torch is imported here, not for the loop
-
-            workload = Training(config)
-        self.workload = workload
+        self.workload = workload  # None: the real training, once the objective is known
         self.config = config
         self.tag = "[worker]"
         self.say_raw = say
@@ -95,16 +92,24 @@ class Worker:
         write: the study (read-only), the data, the artifact directory; only then are
         tables created and the study joined."""
         config = self.config
+        existing = open_storage(config.storage, writable=False, missing_ok=True)
+        study = find_study(existing, config.study) if existing is not None else None
+        objective, epochs = inherit(study.user_attrs if study is not None else {}, config.objective, config.epochs)
+        config = self.config = replace(config, objective=objective, epochs=epochs)
         space = None
         if config.space is not None:
             from objectives.space import load_space
 
-            space = load_space(config.space, config.objective)
-        spec = StudySpec(config.study, config.objective, config.epochs, space, config.pruner)
-        existing = open_storage(config.storage, writable=False, missing_ok=True)
+            space = load_space(config.space, objective)
+        spec = StudySpec(config.study, objective, epochs, space, config.pruner)
+        if study is not None:
+            check_compatible(study, spec)  # before any slow set-up
         if existing is not None:
-            check_existing(existing, spec)
             existing.close()
+        if self.workload is None:
+            from search.training import Training  # torch is imported here, not for the loop
+
+            self.workload = Training(config)
         self.workload.check()
         self.directory = check_artifact_directory(config.artifacts)
         self.storage = open_storage(config.storage, patience=config.db_patience, notify=self.say)
@@ -123,8 +128,8 @@ class Worker:
         optuna_adapter.faster_tpe()
 
     def run(self) -> optuna.Study:
-        config = self.config
         self.join()
+        config = self.config
         objective = self.workload.objective(self)
         progress = self.slots.progress()
         self.say(f"joined study {config.study!r} ({config.objective}, {config.epochs} epochs/trial, "
@@ -137,8 +142,8 @@ class Worker:
         progress = self.slots.progress()
         if progress.done:
             directory.sweep(self.slots, token)
-            self.say(f"study {config.study!r} finished: {progress.finished} trials ({progress.complete} complete, "
-                     f"{progress.pruned} pruned, {progress.failed} failed)")
+            self.say(f"study {config.study!r} finished: {counted(progress.finished, 'trial')} "
+                     f"({progress.complete} complete, {progress.pruned} pruned, {progress.failed} failed)")
         return self.study
 
     @property

@@ -118,6 +118,9 @@ def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iter
     empty = optuna.create_study(study_name="empty", storage=f"sqlite:///{w / 'empty-study.db'}",
                                 direction="maximize")
     empty.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    for name in ("first", "second"):
+        optuna.create_study(study_name=name, storage=f"sqlite:///{w / 'two-studies.db'}")
+    optuna.storages.RDBStorage(f"sqlite:///{w / 'no-study.db'}")  # Optuna's tables, no study in them
     old = f"sqlite:///{w / 'old-schema.db'}"
     optuna.create_study(study_name="old", storage=old)
     with sqlalchemy.create_engine(old).begin() as connection:
@@ -216,9 +219,12 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("study-empty", ["run", "--study", ""], "--study: must not be empty", {}),
     ("study-too-long", ["run", "--study", LONG], "at most 512", {}),
     ("unknown-flag", ["run", "--fast"], "unrecognized arguments: --fast", {}),
-    ("status-no-study", ["status", "--storage", "{db}"], "needs a study; pass --study NAME (or set SEARCH_STUDY)",
-     {}),
-    ("best-no-study", ["best", "--storage", "{db}"], "needs a study", {}),
+    ("status-which-study", ["status", "--storage", "sqlite:///{w}/two-studies.db"], "this storage holds 2 "
+     "studies (first, second); pass --study NAME (or set SEARCH_STUDY)", {}),
+    ("status-no-study-yet", ["status", "--storage", "sqlite:///{w}/no-study.db"], "this storage holds no study "
+     "yet; pass --study NAME", {}),
+    ("best-which-study", ["best", "--storage", "sqlite:///{w}/two-studies.db", "--export", "{w}/new.pt"],
+     "holds 2 studies (first, second)", {}),
     ("retrain-no-export", ["best", "--study", "ready", "--storage", "{db}", "--retrain"],
      "--retrain needs somewhere to write", {}),
     ("force-no-export", ["best", "--study", "ready", "--storage", "{db}", "--force"], "--force only applies", {}),
@@ -232,7 +238,7 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("space-malformed", ["run", "--space", "{w}/notes.txt"], "search space file {w}/notes.txt is not valid TOML", {}),
     ("space-env-bad", ["worker", "--study", "ready", "--storage", "{db}"], "is not valid TOML",
      {"SEARCH_SPACE": "{w}/notes.txt"}),
-    ("report-no-study", ["report", "--storage", "{db}"], "needs a study", {}),
+    ("report-which-study", ["report", "--storage", "sqlite:///{w}/two-studies.db"], "holds 2 studies", {}),
     ("report-out-file", ["report", "--study", "ready", "--storage", "{db}", "--out", "{w}/notes.txt"],
      "--out {w}/notes.txt is a file; give a directory", {}),
     ("report-out-unwritable", ["report", "--study", "ready", "--storage", "{db}", "--out", "/sys/report"],
@@ -304,7 +310,7 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("study-other-objective", ["worker", "--study", "ready", "--storage", "{db}", "--objective", "covtype",
                                "--data-dir", "{cov}"], "exists with objective 'fashion_mnist'", {}),
     ("study-other-epochs", ["worker", "--study", "ready", "--storage", "{db}", "--epochs", "5"],
-     "trains 1 epochs per trial, not 5", {}),
+     "trains 1 epoch per trial, not 5", {}),
     # data
     ("data-dir-missing", ["run", "--data-dir", "{w}/nope"], "data directory", {}),
     ("fashion-file-missing", ["run", "--data-dir", "{w}/fm-missing"], "t10k-labels-idx1-ubyte.gz: file not found",

@@ -107,11 +107,18 @@ def test_a_good_run_writes_nothing_to_stderr(tmp_path, fashion_dir):
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
-def test_a_study_name_with_a_slash_works(tmp_path, fashion_dir):
+def test_a_study_name_with_a_slash_works_and_one_study_needs_no_name(tmp_path, fashion_dir):
     done = run_search("run", "--study", "team/exp-1", "--data-dir", str(fashion_dir), "--n-trials", "1",
                       "--epochs", "1", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert run_search("status", "--study", "team/exp-1", cwd=tmp_path).returncode == 0
+    # The storage holds one study: status, best and report read it without --study.
+    status = run_search("status", cwd=tmp_path)
+    assert status.returncode == 0 and "team/exp-1" in status.stdout, status.stderr
+    best = run_search("best", "--json", cwd=tmp_path)
+    assert best.returncode == 0 and json.loads(best.stdout)["study"] == "team/exp-1", best.stderr
+    report = run_search("report", "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0 and (tmp_path / "report" / "report.html").is_file(), report.stderr
 
 
 def test_an_unrelated_bad_variable_does_not_break_status(world):

@@ -56,11 +56,11 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, expected):
 
 @pytest.mark.parametrize("pruner", ["successive-halving", "hyperband"])
 def test_the_pruner_is_recorded_with_the_study_and_used_by_every_worker(tmp_path, fashion_dir, pruner):
-    common = ("--data-dir", str(fashion_dir), "--epochs", "3", "--device", "cpu", "--seed", "1")
-    done = run_search("run", "--pruner", pruner, "--n-trials", "6", *common, cwd=tmp_path)
+    common = ("--data-dir", str(fashion_dir), "--device", "cpu", "--seed", "1")
+    done = run_search("run", "--pruner", pruner, "--n-trials", "6", "--epochs", "3", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"3 epochs/trial, {pruner} pruner" in done.stdout
-    # A worker without --pruner takes the study's.
+    # A worker without --pruner (or --epochs) takes the study's.
     joined = run_search("worker", "--study", "fashion_mnist", "--n-trials", "9", *common, cwd=tmp_path)
     assert joined.returncode == 0, joined.stderr
     assert f"3 epochs/trial, {pruner} pruner" in joined.stdout
@@ -117,7 +117,7 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
                                      "--epochs", "1", *common))
     assert "study 'shared' exists with objective 'fashion_mnist', not 'covtype'" in line
     line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "3", *common))
-    assert "trains 1 epochs per trial, not 3" in line
+    assert "trains 1 epoch per trial, not 3" in line
     line = one_error_line(run_search("worker", "--study", "loss", "--n-trials", "4", "--epochs", "1", *common))
     assert "exists with direction minimize" in line
     narrower = tmp_path / "space.toml"
@@ -132,8 +132,9 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.SPACE] == space.load_space(None, "fashion_mnist")
     assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.PRUNER] == "median"
 
-    # A worker without --n-trials takes the study's budget (2), not the default for a new study.
-    done = run_search("worker", "--study", "shared", "--epochs", "1", *common)
+    # A worker without --n-trials takes the study's budget (2), not the default for a new study
+    # (and without --epochs, the study's epochs).
+    done = run_search("worker", "--study", "shared", *common)
     assert done.returncode == 0 and "budget 2, 2 finished" in done.stdout, done.stdout + done.stderr
     assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.BUDGET] == 2
 
