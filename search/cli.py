@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -34,7 +35,8 @@ def study_name(value: str) -> str:
 
 def add_common(parser: argparse.ArgumentParser, command: str, *names: str) -> None:
     if "study" in names:
-        add(parser, command, "--study", "STUDY", "study name (default: the objective's name)"
+        add(parser, command, "--study", "STUDY", "study name (default: the --objective's name if given; else "
+            "the storage's only study, or in an empty storage a new one, fashion_mnist)"
             if command in ("run", "worker") else "study name (default: the storage's only study)",
             convert=study_name)
     if "storage" in names:
@@ -134,7 +136,7 @@ def command_work(args: argparse.Namespace) -> int:
                         f"lower --heartbeat-interval")
     check_device(args.device)
     config = WorkerConfig(
-        storage=args.storage, study=args.study or args.objective or options.DEFAULT_OBJECTIVE, objective=args.objective,
+        storage=args.storage, study=args.study, objective=args.objective,
         epochs=args.epochs, n_trials=args.n_trials, data_dir=args.data_dir, artifacts=args.artifacts,
         device=args.device, seed=args.seed, timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, keep_best=args.keep_best, db_patience=args.db_patience,
@@ -145,7 +147,7 @@ def command_work(args: argparse.Namespace) -> int:
         from search.status import study_report
 
         print(study_report(worker.study, worker.slots.progress()))
-        print(f"export the best model: search best --study {config.study} --storage {args.storage} "
+        print(f"export the best model: search best --study {worker.config.study} --storage {args.storage} "
               f"--artifacts {args.artifacts} --export model.pt")
     return 0
 
@@ -214,18 +216,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from search.signals import WorkerStopped
+    from search.signals import WorkerStopped, silence_stdout
 
     try:
         args = build_parser().parse_args(argv)
         configure_logging(args.verbose)
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except WorkerStopped as stop:
         print(f"search: stopped by {stop}; the current trial was re-queued", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
         print("search: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `search status | head -1`: the reader had enough, as for any Unix tool
+        silence_stdout()
+        return 128 + signal.SIGPIPE
     except Exception as error:
         # SearchError, and the data and model packages' own errors, carry their exit status.
         if getattr(error, "exit_code", None) is None:

@@ -1,4 +1,5 @@
-"""SIGTERM/SIGINT stop the worker at once, except inside the few steps that must finish.
+"""SIGTERM/SIGINT (and a closed output) stop the worker at once, except inside the few
+steps that must finish.
 
 The handler raises ``WorkerStopped`` in the main thread, which interrupts training
 wherever it is; the worker then re-queues its trial. Inside ``deferred()`` (claiming a
@@ -8,7 +9,10 @@ raises it at the next safe point.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -17,11 +21,19 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class WorkerStopped(Exception):
-    """SIGTERM or SIGINT arrived; ``exit_code`` follows the shell's 128 + signal number."""
+    """SIGTERM or SIGINT arrived, or the output was closed (SIGPIPE); ``exit_code`` follows
+    the shell's 128 + signal number."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} (its output was closed)" if signum == signal.SIGPIPE else name)
         self.exit_code = 128 + signum
+
+
+def silence_stdout() -> None:
+    """After a broken pipe: nothing more goes to it, Python's exit-time flush included
+    (which would print an "Exception ignored" traceback)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class StopSignals:
@@ -51,6 +63,14 @@ class StopSignals:
             yield
         finally:
             self.depth -= 1
+
+    def stop(self, signum: int) -> None:
+        """A stop from within (the worker's output was closed), treated like that signal:
+        raised at once in the main thread outside ``deferred()``, else at the next check."""
+        if threading.current_thread() is threading.main_thread():
+            self.handler(signum, None)
+        else:
+            self.pending = signum
 
     def check(self) -> None:
         if self.pending is not None and not self.depth:

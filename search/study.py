@@ -64,11 +64,10 @@ def load_existing(storage: optuna.storages.BaseStorage, name: str | None,
     """The study called ``name``; with no name, the storage's only study (what a user of
     one study means by ``search status``)."""
     if name is None:
-        known = optuna.study.get_all_study_names(storage)
-        if len(known) != 1:
-            held = f"holds {len(known)} studies ({', '.join(known)})" if known else "holds no study yet"
-            raise UserError(f"this storage {held}; pass --study NAME (or set SEARCH_STUDY)")
-        name = known[0]
+        name = only_study(storage)
+        if name is None:
+            raise UserError("this storage holds no study yet; start one with search run or search worker, "
+                            "or check --storage")
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner())
     except KeyError:
@@ -79,6 +78,21 @@ def load_existing(storage: optuna.storages.BaseStorage, name: str | None,
         ) from None
 
 
+def only_study(storage: optuna.storages.BaseStorage) -> str | None:
+    """The name of the storage's one study, None if it holds none; several is one line."""
+    known = optuna.study.get_all_study_names(storage)
+    if len(known) > 1:
+        raise UserError(f"this storage holds {len(known)} studies ({', '.join(known)}); pass --study NAME "
+                        f"(or set SEARCH_STUDY)")
+    return known[0] if known else None
+
+
+def drop_to_inherit(option: str) -> str:
+    """The fix for a setting that differs from the study's: without it a worker takes the study's."""
+    return (f"drop --{option} (and SEARCH_{option.upper()}) to take the study's, or choose another "
+            f"--study name")
+
+
 def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
     """Refuse to mix trials of another objective, direction or epoch count into a study."""
     if study.directions != [StudyDirection.MAXIMIZE]:
@@ -87,29 +101,33 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
             f"validation accuracy is maximised; choose another --study name"
         )
     recorded = study.user_attrs.get(keys.OBJECTIVE)
+    if recorded is None:
+        if not study.get_trials(deepcopy=False):
+            return  # created by a join that died before describing it: the next join describes it
+        raise UserError(f"study {spec.name!r} holds trials that search did not make (no objective recorded); "
+                        f"choose another --study name")
     if recorded != spec.objective:
         raise UserError(
             f"study {spec.name!r} exists with objective {recorded!r}, not {spec.objective!r}; "
-            f"pass --objective {recorded} or choose another --study name"
+            f"{drop_to_inherit('objective')}"
         )
     epochs = study.user_attrs.get(keys.EPOCHS)
     if epochs != spec.epochs:
         raise UserError(
             f"study {spec.name!r} trains {counted(epochs, 'epoch')} per trial, not {spec.epochs}; "
-            f"pass --epochs {epochs} or choose another --study name"
+            f"{drop_to_inherit('epochs')}"
         )
     if spec.pruner is not None and (recorded_pruner := study_pruner(study)) != spec.pruner:
         raise UserError(
-            f"study {spec.name!r} prunes with {recorded_pruner}, not {spec.pruner}; pass --pruner "
-            f"{recorded_pruner} (or drop --pruner) or choose another --study name"
+            f"study {spec.name!r} prunes with {recorded_pruner}, not {spec.pruner}; {drop_to_inherit('pruner')}"
         )
     if spec.space is not None and (recorded_space := study_space(study)) != spec.space:
         differs = next(name for name in [*recorded_space, *spec.space]
                        if recorded_space.get(name) != spec.space.get(name))
         raise UserError(
             f"study {spec.name!r} samples another search space than --space gives ([{differs}] is "
-            f"{recorded_space.get(differs)} there, {spec.space.get(differs)} in the file); drop --space to use "
-            f"the study's, or choose another --study name"
+            f"{recorded_space.get(differs)} there, {spec.space.get(differs)} in the file); "
+            f"{drop_to_inherit('space')}"
         )
 
 
@@ -118,6 +136,15 @@ def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study 
     if name not in optuna.study.get_all_study_names(storage):
         return None
     return load_existing(storage, name)
+
+
+def study_to_join(storage: optuna.storages.BaseStorage | None, objective: str | None) -> str:
+    """The study a worker without ``--study`` joins: one named after ``--objective`` if
+    given; else the storage's only study (the one a user of one study means), or in an
+    empty storage a new one named after the default objective."""
+    if objective is not None:
+        return objective
+    return (only_study(storage) if storage is not None else None) or DEFAULT_OBJECTIVE
 
 
 def inherit(recorded: dict[str, Any], objective: str | None, epochs: int | None) -> tuple[str, int]:

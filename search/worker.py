@@ -11,6 +11,7 @@ instead, and the retry resumes from the trial's last checkpoint.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -29,10 +30,11 @@ from search.heartbeat import Heartbeat
 from search.history import History
 from search.pruners import MEDIAN_PRUNER, make_pruner
 from search.sampling import BoundedSampler, HistoryMedianPruner
-from search.signals import StopSignals, WorkerStopped
+from search.signals import StopSignals, WorkerStopped, silence_stdout
 from search.storage import open_storage
 from search.study import (
-    StudySpec, check_compatible, find_study, inherit, join_study, make_sampler, study_pruner, study_space, worker_seed,
+    StudySpec, check_compatible, find_study, inherit, join_study, make_sampler, study_pruner, study_space,
+    study_to_join, worker_seed,
 )
 from search.wording import counted
 
@@ -45,7 +47,7 @@ FAULT_PAUSE_AFTER_CLAIM = "HPSEARCH_FAULT_PAUSE_AFTER_CLAIM"
 @dataclass(frozen=True)
 class WorkerConfig:
     storage: str
-    study: str
+    study: str | None  # None: see ``search.study.study_to_join``; set by ``Worker.join``
     objective: str | None  # None: the study's (fashion_mnist for a new one); set by ``Worker.join``
     epochs: int | None  # None: the study's (10 for a new one); set by ``Worker.join``
     n_trials: int | None
@@ -85,7 +87,13 @@ class Worker:
         self.device = "cpu"  # the workload sets where it trains
 
     def say(self, line: str) -> None:
-        self.say_raw(f"{self.tag} {line}")
+        try:
+            self.say_raw(f"{self.tag} {line}")
+        except BrokenPipeError:
+            # The reader has gone (`search worker | head`): stop as SIGPIPE stops a Unix
+            # program, but the way SIGTERM stops a worker, so the running trial is re-queued.
+            silence_stdout()
+            self.signals.stop(signal.SIGPIPE)
 
     def join(self) -> None:
         """Check everything, then join the study. Everything is checked before the first
@@ -93,9 +101,10 @@ class Worker:
         tables created and the study joined."""
         config = self.config
         existing = open_storage(config.storage, writable=False, missing_ok=True)
-        study = find_study(existing, config.study) if existing is not None else None
+        name = config.study or study_to_join(existing, config.objective)
+        study = find_study(existing, name) if existing is not None else None
         objective, epochs = inherit(study.user_attrs if study is not None else {}, config.objective, config.epochs)
-        config = self.config = replace(config, objective=objective, epochs=epochs)
+        config = self.config = replace(config, study=name, objective=objective, epochs=epochs)
         space = None
         if config.space is not None:
             from objectives.space import load_space
@@ -132,7 +141,7 @@ class Worker:
         config = self.config
         objective = self.workload.objective(self)
         progress = self.slots.progress()
-        self.say(f"joined study {config.study!r} ({config.objective}, {config.epochs} epochs/trial, "
+        self.say(f"joined study {config.study!r} ({config.objective}, {counted(config.epochs, 'epoch')}/trial, "
                  f"{self.pruner} pruner, "
                  f"budget {progress.budget}, {progress.finished} finished) as {self.identity} on {self.device}")
         self.directory.sweep(self.slots, self.token)

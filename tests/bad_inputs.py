@@ -121,6 +121,8 @@ def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iter
     for name in ("first", "second"):
         optuna.create_study(study_name=name, storage=f"sqlite:///{w / 'two-studies.db'}")
     optuna.storages.RDBStorage(f"sqlite:///{w / 'no-study.db'}")  # Optuna's tables, no study in them
+    plain = optuna.create_study(study_name="plain", storage=f"sqlite:///{w / 'plain-optuna.db'}", direction="maximize")
+    plain.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # a study of plain Optuna
     old = f"sqlite:///{w / 'old-schema.db'}"
     optuna.create_study(study_name="old", storage=old)
     with sqlalchemy.create_engine(old).begin() as connection:
@@ -222,7 +224,11 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("status-which-study", ["status", "--storage", "sqlite:///{w}/two-studies.db"], "this storage holds 2 "
      "studies (first, second); pass --study NAME (or set SEARCH_STUDY)", {}),
     ("status-no-study-yet", ["status", "--storage", "sqlite:///{w}/no-study.db"], "this storage holds no study "
-     "yet; pass --study NAME", {}),
+     "yet; start one with search run or search worker, or check --storage", {}),
+    ("worker-which-study", ["worker", "--storage", "sqlite:///{w}/two-studies.db"], "this storage holds 2 studies "
+     "(first, second); pass --study NAME", {}),
+    ("study-of-another-program", ["worker", "--study", "plain", "--storage", "sqlite:///{w}/plain-optuna.db"],
+     "study 'plain' holds trials that search did not make (no objective recorded); choose another --study name", {}),
     ("best-which-study", ["best", "--storage", "sqlite:///{w}/two-studies.db", "--export", "{w}/new.pt"],
      "holds 2 studies (first, second)", {}),
     ("retrain-no-export", ["best", "--study", "ready", "--storage", "{db}", "--retrain"],

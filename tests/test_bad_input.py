@@ -77,12 +77,17 @@ def test_at_least_sixty_rows():
     assert len(ROWS) >= 60
 
 
-def test_sigint_exits_130_with_one_line_and_requeues(tmp_path, medium_fashion_dir):
+def start_long_run(tmp_path: Path, data: Path) -> tuple[str, subprocess.Popen[str]]:
+    """``search run`` of 20-epoch trials, its output piped to the test."""
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    process = subprocess.Popen([sys.executable, "-m", "search.cli", "run", "--storage", storage, "--data-dir",
-                                str(medium_fashion_dir), "--n-trials", "2", "--epochs", "20", "--device", "cpu",
-                                "--artifacts", str(tmp_path / "a")], cwd=tmp_path, env=search_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return storage, subprocess.Popen([sys.executable, "-m", "search.cli", "run", "--storage", storage, "--data-dir",
+                                      str(data), "--n-trials", "2", "--epochs", "20", "--device", "cpu", "--artifacts",
+                                      str(tmp_path / "a")], cwd=tmp_path, env=search_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+
+def test_sigint_exits_130_with_one_line_and_requeues(tmp_path, medium_fashion_dir):
+    storage, process = start_long_run(tmp_path, medium_fashion_dir)
     def training() -> bool:  # read-only: the test must not race the worker creating the tables
         try:
             with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 's.db'}?mode=ro", uri=True)) as db:
@@ -99,6 +104,26 @@ def test_sigint_exits_130_with_one_line_and_requeues(tmp_path, medium_fashion_di
     assert lines == ["search: stopped by SIGINT; the current trial was re-queued"], err
     trials = optuna.load_study(study_name="fashion_mnist", storage=storage).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+
+def test_a_closed_output_stops_the_worker_like_sigpipe_and_requeues(tmp_path, medium_fashion_dir):
+    """`search run | head`: the reader goes away mid-trial; the trial is re-queued, not failed."""
+    storage, process = start_long_run(tmp_path, medium_fashion_dir)
+    assert process.stdout is not None and process.stderr is not None
+    while "epoch 1/20" not in (line := process.stdout.readline()):
+        assert line, process.stderr.read()
+    process.stdout.close()
+    assert process.wait(timeout=120) == 128 + signal.SIGPIPE
+    lines = process.stderr.read().strip().splitlines()
+    assert lines == ["search: stopped by SIGPIPE (its output was closed); the current trial was re-queued"], lines
+    trials = optuna.load_study(study_name="fashion_mnist", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    # A reader of a read-only command's output may go away too: no traceback.
+    status = subprocess.Popen([sys.executable, "-m", "search.cli", "status", "--storage", storage], cwd=tmp_path,
+                              env=search_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert status.stdout is not None and status.stderr is not None
+    status.stdout.close()
+    assert status.wait(timeout=60) == 128 + signal.SIGPIPE and status.stderr.read() == b""
 
 
 def test_a_good_run_writes_nothing_to_stderr(tmp_path, fashion_dir):

@@ -101,6 +101,19 @@ def database_snapshot(url: str) -> list[tuple]:
     return snapshot
 
 
+def test_a_study_left_undescribed_by_a_dead_join_is_taken_up(tmp_path, fashion_dir):
+    """A join that died between creating the study and describing it left a bare study:
+    the next worker describes it and works."""
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    optuna.create_study(study_name="bare", storage=storage, direction="maximize")
+    done = run_search("worker", "--study", "bare", "--n-trials", "1", "--epochs", "1", "--data-dir", str(fashion_dir),
+                      "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = optuna.load_study(study_name="bare", storage=storage)
+    assert study.user_attrs[keys.OBJECTIVE] == "fashion_mnist" and study.user_attrs[keys.EPOCHS] == 1
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE]
+
+
 def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp_path, fashion_dir):
     url = postgres.new_database()
     common = ["--storage", url, "--data-dir", str(fashion_dir), "--artifacts", str(tmp_path / "a"),
@@ -117,17 +130,18 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
                                      "--epochs", "1", *common))
     assert "study 'shared' exists with objective 'fashion_mnist', not 'covtype'" in line
     line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "3", *common))
-    assert "trains 1 epoch per trial, not 3" in line
+    assert "trains 1 epoch per trial, not 3; drop --epochs (and SEARCH_EPOCHS) to take the study's" in line
     line = one_error_line(run_search("worker", "--study", "loss", "--n-trials", "4", "--epochs", "1", *common))
     assert "exists with direction minimize" in line
     narrower = tmp_path / "space.toml"
     narrower.write_text(space.DEFAULT_FILE.read_text().replace("high = 3", "high = 2"))
     line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "1",
                                      "--space", str(narrower), *common))
-    assert "samples another search space than --space gives ([n_layers] is" in line and "drop --space" in line
+    assert "samples another search space than --space gives ([n_layers] is" in line
+    assert line.endswith("drop --space (and SEARCH_SPACE) to take the study's, or choose another --study name")
     line = one_error_line(run_search("worker", "--study", "shared", "--n-trials", "4", "--epochs", "1",
                                      "--pruner", "hyperband", *common))
-    assert "study 'shared' prunes with median, not hyperband; pass --pruner median" in line
+    assert "study 'shared' prunes with median, not hyperband; drop --pruner (and SEARCH_PRUNER)" in line
     assert database_snapshot(url) == before
     assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.SPACE] == space.load_space(None, "fashion_mnist")
     assert optuna.load_study(study_name="shared", storage=url).user_attrs[keys.PRUNER] == "median"

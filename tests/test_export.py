@@ -211,10 +211,10 @@ def test_covtype_trains_exports_and_retrains_from_a_file_in_the_real_format(tmp_
     done = run_search("run", "--objective", "covtype", "--study", "cover", "--n-trials", "2", "--epochs", "2",
                       "--device", "cpu", *common)
     assert done.returncode == 0, done.stdout + done.stderr
-    # A worker given only the study's name takes its objective and epochs.
-    done = run_search("worker", "--study", "cover", "--n-trials", "3", "--device", "cpu", *common)
+    # A worker given no study joins the storage's only one, and takes its objective and epochs.
+    done = run_search("worker", "--n-trials", "3", "--device", "cpu", *common)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "(covtype, 2 epochs/trial," in done.stdout
+    assert "joined study 'cover' (covtype, 2 epochs/trial," in done.stdout
     study = optuna.load_study(study_name="cover", storage=storage)
     assert all((trial.params["max_shift"], trial.params["flip"]) == (0, False) for trial in study.trials)
     assert {trial.params["batch_size"] for trial in study.trials} <= {512, 1024, 2048}
