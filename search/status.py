@@ -25,7 +25,8 @@ def study_report(study: optuna.Study, progress: Progress) -> str:
     epochs = attrs.get(keys.EPOCHS, "?")
     retried = sum(keys.CONTINUED_BY in trial.system_attrs for trial in trials)
     lines = [
-        f"study {study.study_name}: objective {attrs.get(keys.OBJECTIVE, '?')}, {counted(epochs, 'epoch')} per trial, "
+        f"study {study.study_name}: objective {attrs.get(keys.OBJECTIVE, '?')}, "
+        f"{counted(epochs, 'epoch')} per trial, "
         f"budget {progress.budget}, {study_pruner(study)} pruner",
         f"  finished {progress.finished} (complete {progress.complete}, pruned {progress.pruned}, "
         f"failed {progress.failed}), running {progress.running}, waiting {progress.waiting}",
