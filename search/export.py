@@ -248,7 +248,7 @@ def describe_inputs(objective: str, hyperparameters: dict[str, Any]) -> dict[str
 def command_evaluate(args: argparse.Namespace) -> int:
     from models import ExportedModelError, load_exported, read_exported
     from objectives import DATASET_INFO, load_dataset
-    from objectives.trainer import predict
+    from objectives.trainer import predict, share_correct
 
     metadata = read_exported(args.path)["metadata"]
     objective = metadata.get("objective")
@@ -269,8 +269,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         members = test.labels == index
         per_class[name] = (predictions[members] == index).float().mean().item() if members.any() else None
     result = {"path": str(args.path), "objective": objective, "trial_number": metadata.get("trial_number"),
-              # Counted, then divided in double precision: exactly what retraining recorded.
-              "test_accuracy": (predictions == test.labels).sum().item() / len(test),
+              "test_accuracy": share_correct(predictions, test.labels),  # what retraining recorded
               "n_test": len(test), "per_class_accuracy": per_class}
     if args.json:
         print(json.dumps(result, indent=2))
