@@ -10,13 +10,13 @@ each figure is the best over the rounds; the per-round ratios are printed too, b
 a shared VM single epochs vary by tens of percent. On a CPU it runs at one intra-op
 thread and at torch's default (every core); both loops always get the same count.
 
-    python bench/epoch_speed.py [--data-dir DIR] [--batch-sizes 32 256] [--device cpu]
+    python -m bench.epoch_speed [--data-dir DIR] [--batch-sizes 32 256] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models import build_mlp  # noqa: E402
-from objectives import fashion_mnist  # noqa: E402
-from objectives.trainer import Trainer, TrainingSettings, pick_device  # noqa: E402
-
-import textbook  # noqa: E402  (bench/, beside this file)
+from bench import textbook
+from models import build_mlp
+from objectives.data import Dataset, Split
+from objectives.datasets import fashion_mnist
+from objectives.training.device import choose_device
+from objectives.training.trainer import Trainer, TrainingSettings
 
 HIDDEN = [300, 100]
 LEARNING_RATE = 0.01
@@ -41,17 +40,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def tutorial_loop(raw_root: Path, batch_size: int, device: torch.device) -> Callable[[], None]:
+def tutorial_loop(raw_root: Path, batch_size: int, device: torch.device, size: int) -> Callable[[], None]:
     """One epoch of the textbook loop per call (the official 60k training images would be
     9 % more work, so it trains on the first 55,000 to match)."""
-    dataset = torch.utils.data.Subset(textbook.training_images(raw_root), range(55_000))
+    dataset = torch.utils.data.Subset(textbook.training_images(raw_root), range(size))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
     model = textbook.mlp(HIDDEN).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
     return lambda: textbook.train_epoch(model, loader, optimizer, device)
 
 
-def our_loop(dataset: fashion_mnist.Dataset, batch_size: int, device: torch.device) -> Callable[[], None]:
+def our_loop(dataset: Dataset, batch_size: int, device: torch.device) -> Callable[[], None]:
     """One epoch of this project's trainer per call, after a warm-up epoch."""
     hyperparameters = {"n_inputs": 784, "hidden_sizes": HIDDEN, "n_classes": 10,
                        "input_mean": list(dataset.input_mean), "input_std": list(dataset.input_std)}
@@ -114,9 +113,15 @@ def main() -> None:
                         help="intra-op thread counts to compare (both loops use the same)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved tutorial/ours rounds per setting")
+    parser.add_argument("--train-size", type=int, default=55_000, help="training images per epoch")
+    parser.add_argument("--quick", action="store_true", help="one small setting, to prove it runs (CI)")
     args = parser.parse_args()
-    device = pick_device(args.device)
+    if args.quick:
+        args.batch_sizes, args.threads, args.rounds, args.train_size = [512], [1], 1, 2_000
+    device = choose_device(args.device)
     dataset = fashion_mnist.load(args.data_dir)
+    train = dataset.train
+    dataset = dataclasses.replace(dataset, train=Split(train.features[:args.train_size], train.labels[:args.train_size]))
     n_params = sum(p.numel() for p in build_mlp({"n_inputs": 784, "hidden_sizes": HIDDEN, "n_classes": 10}).parameters())
     print(f"device {device}, torch {torch.__version__}, {n_params:,} parameters, "
           f"{len(dataset.train):,} training samples")
@@ -125,7 +130,7 @@ def main() -> None:
         for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
             torch.set_num_threads(threads)
             for batch_size in args.batch_sizes:
-                tutorial, ours, ratios = compare(tutorial_loop(raw_root, batch_size, device),
+                tutorial, ours, ratios = compare(tutorial_loop(raw_root, batch_size, device, len(dataset.train)),
                                                  our_loop(dataset, batch_size, device), device, args.rounds)
                 rate = matmul_rate(batch_size, device)
                 floor = 6 * n_params * len(dataset.train) / rate

@@ -1,9 +1,9 @@
 """Hundreds of workers on one PostgreSQL with its default max_connections=100, through PgBouncer.
 
 One run: a throwaway PostgreSQL server (``max_connections=100``) and a PgBouncer in
-transaction pooling mode in front of it (``tests/pooler.py``, configured like the
+transaction pooling mode in front of it (``tests/support/pooler.py``, configured like the
 compose stack's pooler: at most ``--server-connections`` server connections). Then
-``--workers`` real worker processes (``search.worker.Worker``, the real loop: claim,
+``--workers`` real worker processes (``search.worker.loop.Worker``, the real loop: claim,
 heartbeats, sampling, reports with prune checks, tell) with a stand-in for training
 (``bench/synthetic.py``: each epoch sleeps, as a GPU-bound trial leaves the CPU free)
 share a budget of ``--trials``. Workers are forked from this process after the imports,
@@ -14,7 +14,7 @@ states, worker exit codes, how long until every worker had joined, connection er
 logged, and every error exit), the peak number of server connections (client backends
 in ``pg_stat_activity``, polled every 0.2 s).
 
-    python bench/many_workers.py [--workers 200] [--trials 2000] [--epoch-seconds 0.2]
+    python -m bench.many_workers [--workers 200] [--trials 2000] [--epoch-seconds 0.2] [--quick]
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.synthetic import EPOCHS, NoTraining  # noqa: E402
-from search.worker import Worker, WorkerConfig  # noqa: E402
-from tests.pooler import PgBouncer  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
+from bench.synthetic import EPOCHS, NoTraining
+from search.storage import parse_url
+from search.study.spec import StudyRequest
+from search.worker.assembly import run_worker
+from search.worker.config import WorkerConfig
+from tests.support.pooler import PgBouncer
+from tests.support.postgres import PostgresServer
 
 STUDY = "many-workers"
 
@@ -51,9 +51,9 @@ def work(url: str, budget: int, epoch_seconds: float, log: Path, artifacts: Path
         def say(line: str) -> None:
             out.write(f"{time.time():.3f} {line}\n")
         try:
-            Worker(WorkerConfig(storage=url, study=STUDY, objective="fashion_mnist", epochs=EPOCHS,
-                                n_trials=budget, data_dir=None, artifacts=str(artifacts)),
-                   say=say, workload=NoTraining(epoch_seconds)).run()
+            run_worker(WorkerConfig(storage=parse_url(url), artifacts=str(artifacts)),
+                       StudyRequest(name=STUDY, dataset="fashion_mnist", epochs=EPOCHS, n_trials=budget),
+                       say=say, workload=NoTraining(epoch_seconds))
         except BaseException as error:  # noqa: BLE001 - reported through the exit code
             say(f"ERROR: {type(error).__name__}: {error}")
             out.flush()
@@ -86,7 +86,10 @@ def main() -> None:
     parser.add_argument("--epoch-seconds", type=float, default=2.0, help="stand-in training time per epoch")
     parser.add_argument("--stagger", type=float, default=0.1, help="seconds between worker starts")
     parser.add_argument("--server-connections", type=int, default=40, help="the pooler's server connections")
+    parser.add_argument("--quick", action="store_true", help="a few workers and trials, to prove it runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.workers, args.trials, args.epoch_seconds, args.stagger = 4, 12, 0.05, 0.0
     work_dir = Path(tempfile.mkdtemp(prefix="hpsearch-many-"))
     server = PostgresServer()
     server.start()

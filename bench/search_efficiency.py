@@ -16,7 +16,7 @@ Prints, for each: the best validation accuracy of a finished trial at 2, 4 and 8
 (scaled to ``--minutes``), the time to the first finished trial at 88, 89 and 90 %,
 trials completed and pruned, and the ratios.
 
-    python bench/search_efficiency.py [--minutes 8] [--epochs 10] [--data-dir DIR]
+    python -m bench.search_efficiency [--minutes 8] [--epochs 10] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench import textbook
+from objectives.datasets import fashion_mnist
 
-from objectives import fashion_mnist  # noqa: E402
-
-import textbook  # noqa: E402  (bench/, beside this file)
+REPO = Path(__file__).resolve().parents[1]  # the children run from a temporary directory
 
 THRESHOLDS = (0.88, 0.89, 0.90)
 GRACE_S = 15  # for a stopped search to write its last state
@@ -121,7 +119,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=fashion_mnist.SYSTEM_DIR)
     parser.add_argument("--textbook-child", nargs=3, metavar=("RAW_ROOT", "STORAGE", "BUDGET"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="15 s each and one epoch, to prove it runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.minutes, args.epochs = 0.25, 1
     if args.textbook_child:
         raw_root, storage, budget = args.textbook_child
         textbook_search(Path(raw_root), storage, float(budget), args.epochs)
@@ -136,8 +137,8 @@ def main() -> None:
         sides = {}
         textbook_db = f"sqlite:///{work / 'textbook.db'}"
         print(f"textbook recipe: {args.minutes:g} minutes ...", flush=True)
-        started = run_for([sys.executable, str(Path(__file__).resolve()), "--epochs", str(args.epochs), "--textbook-child",
-                           str(raw_root), textbook_db, str(budget)], budget, work / "textbook.log")
+        started = run_for([sys.executable, "-m", "bench.search_efficiency", "--epochs", str(args.epochs),
+                           "--textbook-child", str(raw_root), textbook_db, str(budget)], budget, work / "textbook.log")
         sides["textbook"] = within_budget(textbook_db, "textbook", started, budget)
         ours_db = f"sqlite:///{work / 'ours.db'}"
         print(f"this project (search run): {args.minutes:g} minutes ...", flush=True)

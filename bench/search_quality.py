@@ -3,8 +3,8 @@
 The worker's ``BoundedSampler`` fits TPE on at most ~100 finished trials (the best, the
 latest, a uniform sample) plus the running ones; unbounded TPE fits every trial. This
 runs both on real Fashion-MNIST, side by side, for several seeds: the real worker
-(``search.worker.Worker``: claims, the history, the median pruner, tell) on an embedded
-SQLite study, the real objective (``objectives.make_objective``: the real search space,
+(``search.worker.loop.Worker``: claims, the history, the median pruner, tell) on an embedded
+SQLite study, the real objective (``objectives.objective.make_objective``: the real search space,
 model and trainer), one worker per study. Only the sampler differs: the unbounded run
 swaps in ``make_sampler`` with Optuna's default ``gamma`` after joining. Both use the
 same sampler seed and the same per-trial training seeds, so the two runs are identical
@@ -19,7 +19,7 @@ Prints, per seed, the best validation accuracy after each checkpoint count of tr
 both samplers, then the mean difference (bounded - unbounded) with its standard error
 over seeds, against the seed-to-seed spread.
 
-    python bench/search_quality.py [--seeds 0 1 2] [--trials 200] [--train-size 3000] [--epochs 2] [--jobs CPUS]
+    python -m bench.search_quality [--seeds 0 1 2] [--trials 200] [--train-size 3000] [--epochs 2] [--jobs CPUS]
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ from pathlib import Path
 import optuna
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from objectives import Dataset, ObjectiveSettings, load_dataset, make_objective  # noqa: E402
-from objectives.datasets import Split  # noqa: E402
-from search.study import make_sampler, worker_seed  # noqa: E402
-from search.worker import Worker, WorkerConfig  # noqa: E402
+from objectives.data import Dataset, Split
+from objectives.datasets import load_dataset
+from objectives.objective import ObjectiveSettings, make_objective
+from search.storage import parse_url
+from search.study.sampler import make_sampler, worker_seed
+from search.study.spec import StudyRequest, StudySpec
+from search.worker.assembly import assemble
+from search.worker.config import WorkerConfig
+from search.worker.workload import Joined
 
 STUDY = "quality"
 
@@ -54,34 +56,31 @@ class SubsetTraining:
     """The worker's ``Workload``: the real objective on a fixed subset of the training split,
     without checkpoints or saved weights (nothing here is exported)."""
 
+    device = "cpu"
+
     def __init__(self, dataset: Dataset, epochs: int, seed: int) -> None:
         self.dataset = dataset
         self.settings = ObjectiveSettings(epochs, torch.device("cpu"), seed)
 
-    def check(self) -> None:
-        pass
+    def check(self, spec: StudySpec) -> None:
+        return None
 
-    def objective(self, worker: Worker):
+    def objective(self, joined: Joined):
         return make_objective(self.dataset, self.settings)
 
 
-class UnboundedWorker(Worker):
-    """The same worker with Optuna's TPE fitted on every trial of the study."""
-
-    def join(self) -> None:
-        super().join()
-        self.study.sampler = make_sampler(worker_seed(self.config.seed, self.index))
-
-
-def search(worker_class: type[Worker], dataset: Dataset, seed: int, trials: int,
-           epochs: int) -> tuple[list[float], list[dict]]:
-    """Run one study: the best value after each finished trial, and each trial's params."""
+def search(sampler: str, dataset: Dataset, seed: int, trials: int, epochs: int) -> tuple[list[float], list[dict]]:
+    """Run one study: the best value after each finished trial, and each trial's params.
+    ``sampler``: "bounded" (the worker's own) or "unbounded" (Optuna's TPE fitted on every
+    trial of the study, swapped in after joining)."""
     directory = Path(tempfile.mkdtemp(prefix="hpsearch-quality-"))
     try:
-        config = WorkerConfig(storage=f"sqlite:///{directory / 'study.db'}", study=STUDY, objective="fashion_mnist",
-                              epochs=epochs, n_trials=trials, data_dir=None, artifacts=str(directory / "artifacts"),
-                              device="cpu", seed=seed, keep_best=1)
-        worker = worker_class(config, say=lambda line: None, workload=SubsetTraining(dataset, epochs, seed))
+        config = WorkerConfig(storage=parse_url(f"sqlite:///{directory / 'study.db'}"),
+                              artifacts=str(directory / "artifacts"), device="cpu", seed=seed, keep_best=1)
+        request = StudyRequest(name=STUDY, dataset="fashion_mnist", epochs=epochs, n_trials=trials)
+        worker = assemble(config, request, say=lambda line: None, workload=SubsetTraining(dataset, epochs, seed))
+        if sampler == "unbounded":
+            worker.study.sampler = make_sampler(worker_seed(seed, worker.index))
         study = worker.run()
         finished = sorted((trial for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()
                            and trial.state.name != "FAIL"), key=lambda trial: trial.number)
@@ -101,7 +100,7 @@ def subset(dataset: Dataset, size: int) -> Dataset:
     return dataclasses.replace(dataset, train=Split(train.features[:size], train.labels[:size]))
 
 
-WORKERS = {"bounded": Worker, "unbounded": UnboundedWorker}
+WORKERS = ("bounded", "unbounded")
 
 
 def run(job: tuple[str, int, argparse.Namespace]) -> tuple[str, int, list[float], list[dict], float]:
@@ -111,7 +110,7 @@ def run(job: tuple[str, int, argparse.Namespace]) -> tuple[str, int, list[float]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.monotonic()
     dataset = subset(load_dataset("fashion_mnist", None), args.train_size)
-    curve, chosen = search(WORKERS[name], dataset, seed, args.trials, args.epochs)
+    curve, chosen = search(name, dataset, seed, args.trials, args.epochs)
     return name, seed, curve, chosen, time.monotonic() - started
 
 
@@ -122,7 +121,10 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=3_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="studies run at once")
+    parser.add_argument("--quick", action="store_true", help="one seed, a few tiny trials, to prove it runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.trials, args.train_size, args.epochs, args.jobs = [0], 4, 300, 1, 2
     dataset = load_dataset("fashion_mnist", None)
     marks = sorted({min(args.trials, mark) for mark in (50, 100, 150, 200, 300, 500)} | {args.trials})
     started = time.monotonic()

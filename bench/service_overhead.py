@@ -12,10 +12,11 @@ timed lifecycles per study, no training:
 * plain Optuna: ``optuna.load_study`` on ``get_storage(url)`` (Optuna's cached RDB
   storage), ``ask``, the same ``suggest``, 5 x (report + should_prune), ``tell``;
 
-both with ``search.study.make_sampler`` / ``search.pruners.make_pruner`` settings. Prints median and
-p95 per size and the ratios the Scale issue asks for.
+both with ``search.study.sampler.make_sampler`` / ``search.study.pruner.make_pruner`` settings (plain
+Optuna's TPE as it ships: the worker's faster log Phi is in place only while its own sampler
+runs). Prints median and p95 per size and the ratios the Scale issue asks for.
 
-    python bench/service_overhead.py [--sizes 100 1000 5000 10000] [--trials 40]
+    python -m bench.service_overhead [--sizes 100 1000 5000 10000] [--trials 40] [--quick]
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import math
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -35,16 +35,16 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.synthetic import EPOCHS, NoTraining, accuracy, report_and_prune  # noqa: E402
-from objectives import space  # noqa: E402
-from search import optuna_adapter  # noqa: E402
-from search.pruners import make_pruner  # noqa: E402
-from search.study import make_sampler  # noqa: E402
-from search.worker import Worker, WorkerConfig  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
+from bench.synthetic import EPOCHS, NoTraining, accuracy, report_and_prune
+from objectives import space
+from search.storage import parse_url
+from search.study.pruner import make_pruner
+from search.study.sampler import make_sampler
+from search.study.spec import StudyRequest
+from search.worker.assembly import assemble
+from search.worker.config import WorkerConfig
+from search.worker.loop import Worker
+from tests.support.postgres import PostgresServer
 
 
 def history(n: int, seed: int) -> list[optuna.trial.FrozenTrial]:
@@ -73,20 +73,16 @@ SPACE = space.load_space(None, "fashion_mnist")
 
 def worker_for(url: str, work: Path, n_trials: int) -> Worker:
     """A worker joined to the study at ``url`` (creating it, as a real first worker does)."""
-    worker = Worker(WorkerConfig(storage=url, study=STUDY, objective="fashion_mnist", epochs=EPOCHS,
-                                 n_trials=n_trials, data_dir=None, artifacts=str(work)),
+    return assemble(WorkerConfig(storage=parse_url(url), artifacts=str(work)),
+                    StudyRequest(name=STUDY, dataset="fashion_mnist", epochs=EPOCHS, n_trials=n_trials),
                     say=lambda line: None, workload=NoTraining())
-    worker.join()
-    return worker
 
 
 def project_lifecycle(worker: Worker) -> Callable[[], None]:
     """One turn of the worker loop: stale check, claim, history refresh, heartbeat thread,
     the objective, clearing the checkpoint pointer, tell, keep-best, the progress line."""
-    objective = worker.workload.objective(worker)
-
     def once() -> None:
-        assert worker.step(objective, worker.labels)
+        assert worker.step()
     return once
 
 
@@ -95,7 +91,7 @@ def plain_lifecycle(study: optuna.Study) -> Callable[[], None]:
 
     def once() -> None:
         trial = study.ask()
-        final = accuracy(space.suggest(trial), rng)
+        final = accuracy(space.suggest(trial, SPACE), rng)
         pruned = report_and_prune(trial, final)
         study.tell(trial, None if pruned else final, state=TrialState.PRUNED if pruned else TrialState.COMPLETE)
     return once
@@ -115,7 +111,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000, 10000])
     parser.add_argument("--trials", type=int, default=40, help="timed lifecycles per size and study")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to prove it runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.trials = [20, 60], 3
     started = time.perf_counter()
     server = PostgresServer()
     server.start()
@@ -138,9 +137,7 @@ def main() -> None:
             worker = worker_for(project_url, work, n_trials=size + 10 * args.trials)
             plain = optuna.load_study(study_name=STUDY, storage=optuna.storages.get_storage(plain_url),
                                       sampler=make_sampler(0), pruner=make_pruner())
-            optuna_adapter.faster_tpe()
             ours = timed(project_lifecycle(worker), args.trials)
-            optuna_adapter.faster_tpe(enable=False)  # plain Optuna as it ships
             theirs = timed(plain_lifecycle(plain), args.trials)
             worker.storage.close()
             rows.append((size, ours, theirs))

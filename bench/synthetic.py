@@ -13,6 +13,8 @@ import optuna
 
 from objectives import space
 from search import keys
+from search.study.spec import StudySpec
+from search.worker.workload import Joined
 
 EPOCHS = 5
 
@@ -33,20 +35,22 @@ def report_and_prune(trial: optuna.Trial, final: float = 0.85, epoch_seconds: fl
 
 
 class NoTraining:
-    """The worker's ``Workload`` (``search.worker.Workload``) with no model: each "epoch"
-    sleeps ``epoch_seconds``, as a GPU-bound trial leaves the CPU to others."""
+    """The worker's ``Workload`` (``search.worker.workload.Workload``) with no model: each
+    "epoch" sleeps ``epoch_seconds``, as a GPU-bound trial leaves the CPU to others."""
+
+    device = "cpu"
 
     def __init__(self, epoch_seconds: float = 0.0) -> None:
         self.epoch_seconds = epoch_seconds
 
-    def check(self) -> None:
-        pass
+    def check(self, spec: StudySpec) -> None:
+        return None
 
-    def objective(self, worker) -> Callable[[optuna.Trial], float]:
-        rng = random.Random(worker.index)
+    def objective(self, joined: Joined) -> Callable[[optuna.Trial], float]:
+        rng = random.Random(joined.index)
 
         def objective(trial: optuna.Trial) -> float:
-            params = space.suggest(trial, worker.space)
+            params = space.suggest(trial, joined.space)
             trial.set_user_attr(keys.SEED, trial.number)
             final = accuracy(params, rng)
             if report_and_prune(trial, final, self.epoch_seconds):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from objectives import fashion_mnist
+from objectives.datasets import fashion_mnist
 
 
 def extract_for_torchvision(data_dir: Path, into: Path) -> Path:

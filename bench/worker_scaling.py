@@ -8,7 +8,7 @@ by wall time (launch to the last worker's exit) and by the database's trial wind
 (first trial start to last trial completion, which leaves out interpreter start-up),
 and the speed-up over one worker.
 
-    python bench/worker_scaling.py [--workers 1 2 4] [--n-trials 36] [--epochs 3] [--threads 1]
+    python -m bench.worker_scaling [--workers 1 2 4] [--n-trials 36] [--epochs 3] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from objectives import space  # noqa: E402
-from search import keys  # noqa: E402
-from tests.datafiles import write_fashion_mnist  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
-from tests.workers import logs, search_env, wait_all, worker_args  # noqa: E402
+from objectives import space
+from search import keys
+from tests.support.datafiles import write_fashion_mnist
+from tests.support.postgres import PostgresServer
+from tests.support.workers import REPO, logs, search_env, wait_all, worker_args
 
 STUDY = "scaling"
 OBJECTIVE = "fashion_mnist"
@@ -62,7 +59,7 @@ def fixed_configurations(n_trials: int, seed: int) -> list[dict]:
     configurations = []
     for _ in range(n_trials):
         trial = study.ask()
-        configurations.append(space.suggest(trial))
+        configurations.append(space.suggest(trial, space.load_space(None, OBJECTIVE)))
         study.tell(trial, 0.0)
     return configurations
 
@@ -70,7 +67,7 @@ def fixed_configurations(n_trials: int, seed: int) -> list[dict]:
 def prepare_study(url: str, epochs: int, configurations: list[dict]) -> None:
     """Create the study as ``join_study`` would and queue the fixed configurations."""
     study = optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
-    study.set_user_attr(keys.OBJECTIVE, OBJECTIVE)
+    study.set_user_attr(keys.DATASET, OBJECTIVE)
     study.set_user_attr(keys.EPOCHS, epochs)
     for params in configurations:
         study.enqueue_trial(params, skip_if_exists=False)
@@ -163,7 +160,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fixed configurations")
     parser.add_argument("--heartbeat-interval", type=float, default=2, help="workers' heartbeat seconds")
     parser.add_argument("--run-timeout", type=float, default=600, help="seconds allowed per scaling run")
+    parser.add_argument("--quick", action="store_true", help="tiny runs of 1 and 2 workers, to prove it runs (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.workers, args.n_trials, args.epochs, args.images = [1, 2], 2, 1, 600
     if min(args.workers) < 1 or args.n_trials < 1 or args.epochs < 1 or args.threads < 1:
         parser.error("--workers, --n-trials, --epochs and --threads must be at least 1")
 

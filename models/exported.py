@@ -19,7 +19,9 @@ import torch
 
 from models.mlp import MLPClassifier, build_mlp
 
-REQUIRED_ENTRIES = ("model_state_dict", "model_hyperparameters", "metadata")
+# The file's entries: the weights, the dict the model is rebuilt from, what it is.
+STATE_DICT, HYPERPARAMETERS, METADATA = "model_state_dict", "model_hyperparameters", "metadata"
+REQUIRED_ENTRIES = (STATE_DICT, HYPERPARAMETERS, METADATA)
 AGAIN = "the file was edited or damaged: export it again (search best --export)"
 METADATA_TYPES = {"objective": str, "study": str, "trial_number": int, "class_names": list,
                   "validation_accuracy": (int, float), "test_accuracy": (int, float), "params": dict,
@@ -27,9 +29,7 @@ METADATA_TYPES = {"objective": str, "study": str, "trial_number": int, "class_na
 
 
 class ExportedModelError(ValueError):
-    """The file is missing, unsafe, or not an exported model."""
-
-    exit_code = 2  # a command line shows it as one line
+    """The file is missing, unsafe, or not an exported model; the message names the fix."""
 
 
 def refused_global(message: str) -> str:
@@ -88,10 +88,10 @@ def load_exported(path: str | os.PathLike[str]) -> MLPClassifier:
     """Rebuild the exported model with its weights, in eval mode, on the CPU."""
     payload = read_exported(path)
     try:
-        model = build_mlp(payload["model_hyperparameters"])
+        model = build_mlp(payload[HYPERPARAMETERS])
     except (ValueError, TypeError) as error:
         raise ExportedModelError(f"{path}: model_hyperparameters: {error}; {AGAIN}") from None
-    expected, state = model.state_dict(), payload["model_state_dict"]
+    expected, state = model.state_dict(), payload[STATE_DICT]
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     reshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from models import build_mlp
 from objectives import space
-from objectives.datasets import Dataset
-from objectives.trainer import Trainer, TrainingDiverged, accuracy
+from objectives.data import Dataset
+from objectives.recipe import Recipe, train
+from objectives.training.trainer import Trainer, TrainingDiverged, accuracy
 
 
 @dataclass(frozen=True)
@@ -47,31 +47,27 @@ class EpochHooks:
 def make_objective(dataset: Dataset, settings: ObjectiveSettings,
                    hooks: EpochHooks | None = None) -> Callable[[optuna.Trial], float]:
     hooks = hooks or EpochHooks()
-    train = dataset.train.to(settings.device)
+    train_split = dataset.train.to(settings.device)
     validation = dataset.validation.to(settings.device)
     searched = settings.space or space.load_space(None, dataset.name)
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial, searched)
         seed = hooks.trial_seed(trial, settings.seed)
-        torch.manual_seed(seed)
-        model = build_mlp(space.model_hyperparameters(params, dataset))
-        trainer = Trainer(model, space.training_settings(params, settings.epochs), train, settings.device, seed,
-                          image_shape=dataset.image_shape)
+        trainer = Recipe.of(params, dataset, settings.epochs).trainer(train_split, settings.device, seed)
         hooks.resume(trial, trainer)
 
         val_accuracy = float("nan")
-        for epoch in range(trainer.epochs_done + 1, settings.epochs + 1):
-            try:
-                train_loss = trainer.run_epoch()
-            except TrainingDiverged as diverged:
-                # A diverging configuration is a bad one, not a worker failure.
-                raise optuna.TrialPruned(str(diverged)) from None
-            val_accuracy = accuracy(trainer.model, validation)
-            trial.report(val_accuracy, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with validation accuracy {val_accuracy:.4f}")
-            hooks.epoch_end(trial, trainer, val_accuracy, train_loss, last=epoch == settings.epochs)
+        try:
+            for epoch, train_loss in train(trainer, settings.epochs):
+                val_accuracy = accuracy(trainer.model, validation)
+                trial.report(val_accuracy, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} with validation accuracy {val_accuracy:.4f}")
+                hooks.epoch_end(trial, trainer, val_accuracy, train_loss, last=epoch == settings.epochs)
+        except TrainingDiverged as diverged:
+            # A diverging configuration is a bad one, not a worker failure.
+            raise optuna.TrialPruned(str(diverged)) from None
         hooks.finished(trial, trainer, val_accuracy)
         return val_accuracy
 

@@ -20,20 +20,20 @@ from typing import Any
 import optuna
 
 from models import ACTIVATIONS
-from objectives.datasets import Dataset
-from objectives.trainer import TrainingSettings
+from objectives import datasets
+from objectives.data import Dataset
+from objectives.errors import SpaceError
+from objectives.training.trainer import TrainingSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-OBJECTIVE_NAMES = ("fashion_mnist", "covtype")  # objectives.OBJECTIVES, which imports this module
-
 DEFAULT_FILE = Path(__file__).with_name("space.toml")
 # What studies that stored no space sampled (they predate the space file).
 UNSTORED_FILE = Path(__file__).with_name("space-2026-11.toml")
-OPTIMIZERS = ("sgd", "adam", "adamw")  # what objectives.trainer.make_optimizer builds
+OPTIMIZERS = ("sgd", "adam", "adamw")  # what objectives.training.trainer.make_optimizer builds
 # Every parameter, in the order trials suggest them, and the type of its values.
 KINDS: dict[str, type] = {"n_layers": int, "n_units": int, "activation": str, "dropout": float, "batch_norm": bool,
                           "optimizer": str, "learning_rate": float, "weight_decay": float, "batch_size": int,
@@ -41,8 +41,7 @@ KINDS: dict[str, type] = {"n_layers": int, "n_units": int, "activation": str, "d
 # Parameters a file may leave out: then no trial suggests them and training uses the
 # trainer's defaults (none of each), as every study from before they existed did.
 OPTIONAL = ("warmup_epochs", "label_smoothing", "max_shift", "flip")
-# Objectives whose rows are images (shifts and flips apply to them only).
-IMAGE_OBJECTIVES = ("fashion_mnist",)
+AUGMENTATION = {"max_shift": 0, "flip": False}  # the parameters that augment images, and their "off"
 # Values the model and trainer can use: (test, what it says when a value fails it).
 LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_layers": (lambda v: v >= 1, "at least 1"), "n_units": (lambda v: v >= 1, "at least 1"),
@@ -57,15 +56,13 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
 Space = dict[str, dict[str, Any]]  # parameter -> {"low", "high", "log"} | {"choices"} | {"value"}
 
 
-class SpaceError(ValueError):
-    """A search space file that cannot be used; the message names the file, the entry and the fix."""
-
-    exit_code = 2  # a command line shows it as one line
-
-
-def load_space(path: str | os.PathLike[str] | None, objective: str) -> Space:
-    """The space ``objective`` searches, from the TOML file at ``path`` (the default file if
-    None), checked entry by entry; per-objective tables replace the common ones."""
+def load_space(path: str | os.PathLike[str] | None, dataset: str) -> Space:
+    """The space ``dataset`` searches, from the TOML file at ``path`` (the default file if
+    None), checked entry by entry; a data set's own tables ([name.parameter]) replace the
+    common ones. Rows that are not images are never augmented: a file with no table of such
+    a data set's own leaves its shifts and flips off; one that has tables for it must say
+    so itself, or is refused."""
+    known = datasets.names()
     path = Path(path) if path is not None else DEFAULT_FILE
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -77,26 +74,29 @@ def load_space(path: str | os.PathLike[str] | None, objective: str) -> Space:
     for name, table in document.items():
         if name in KINDS:
             continue
-        if name not in OBJECTIVE_NAMES or not isinstance(table, dict):
+        if name not in known or not isinstance(table, dict):
             raise SpaceError(f"search space file {path}: unknown table [{name}]; parameters are "
-                             f"{', '.join(KINDS)}, and objective sections {', '.join(OBJECTIVE_NAMES)}: fix the file")
+                             f"{', '.join(KINDS)}, and objective sections {', '.join(known)}: fix the file")
         for parameter, override in table.items():
             if parameter not in KINDS:
                 raise SpaceError(f"search space file {path}: unknown parameter [{name}.{parameter}]; "
                                  f"parameters are {', '.join(KINDS)}: fix the file")
             check_entry(path, f"{name}.{parameter}", override)
-            if name == objective:
+            if name == dataset:
                 tables[parameter] = override
+    images = datasets.record(dataset).image_shape is not None
+    if not images and dataset not in document:
+        tables.update({name: {"value": off} for name, off in AUGMENTATION.items() if name in tables})
     missing = [name for name in KINDS if name not in tables and name not in OPTIONAL]
     if missing:
         raise SpaceError(f"search space file {path}: no {', '.join(f'[{name}]' for name in missing)} table; "
                          f"every parameter needs one (value = X fixes it): start from a copy of {DEFAULT_FILE}")
     checked = {name: check_entry(path, name, tables[name]) for name in KINDS if name in tables}
-    if objective not in IMAGE_OBJECTIVES:
-        for name, off in (("max_shift", 0), ("flip", False)):
+    if not images:
+        for name, off in AUGMENTATION.items():
             if name in checked and checked[name] != {"value": off}:
-                raise SpaceError(f"search space file {path}: [{name}] augments images, and {objective} rows are "
-                                 f"not images; add [{objective}.{name}] value = {str(off).lower()} to the file")
+                raise SpaceError(f"search space file {path}: [{name}] augments images, and {dataset} rows are "
+                                 f"not images; add [{dataset}.{name}] value = {str(off).lower()} to the file")
     return checked
 
 
@@ -104,7 +104,7 @@ TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "
 
 
 def check_entry(path: Path, name: str, table: Any) -> dict[str, Any]:
-    """One parameter's table (``name`` may be ``objective.parameter``), checked and normalised."""
+    """One parameter's table (``name`` may be ``dataset.parameter``), checked and normalised."""
     parameter = name.rpartition(".")[2]
     kind = KINDS[parameter]
     test, wanted = LIMITS[parameter]

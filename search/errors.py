@@ -1,17 +1,17 @@
-"""The exceptions the CLI turns into a single ``search: error: ...`` line and an exit status."""
+"""The exceptions that end a command with one ``search: error: ...`` line.
+
+Which exit status each gets is the command line's business (``search.cli``), decided
+from these types alone.
+"""
 
 
 class SearchError(Exception):
-    """Ends the command with one line; ``exit_code`` 1: something failed that may pass later."""
-
-    exit_code = 1
+    """Ends the command with one line: something failed that may pass later."""
 
 
 class UserError(SearchError):
-    """Bad input or environment: the message names the problem and the fix. Exit 2 means
-    "do not restart me as I am" to a person and to an orchestrator."""
-
-    exit_code = 2
+    """Bad input or environment: the message names the problem and the fix. A person (or
+    an orchestrator) must change something before running it again."""
 
 
 class StorageError(UserError):

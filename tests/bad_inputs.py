@@ -25,11 +25,11 @@ import sqlalchemy
 import torch
 
 from models import build_mlp
-from objectives import covtype, fashion_mnist
+from objectives.datasets import covtype, fashion_mnist
 from search import keys
-from tests.datafiles import synthetic_covtype, synthetic_images, write_fashion_mnist, write_idx
-from tests.postgres import free_port
-from tests.workers import run_search
+from tests.support.datafiles import synthetic_covtype, synthetic_images, write_fashion_mnist, write_idx
+from tests.support.postgres import free_port
+from tests.support.workers import run_search
 
 LONG = "x" * 600
 GOOD_HYPER = {"n_inputs": 784, "hidden_sizes": [8], "n_classes": 10, "activation": "relu", "dropout": 0.0,
@@ -117,7 +117,7 @@ def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iter
     assert done.returncode == 0, done.stderr
     empty = optuna.create_study(study_name="empty", storage=f"sqlite:///{w / 'empty-study.db'}",
                                 direction="maximize")
-    empty.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    empty.set_user_attr(keys.DATASET, "fashion_mnist")
     for name in ("first", "second"):
         optuna.create_study(study_name=name, storage=f"sqlite:///{w / 'two-studies.db'}")
     optuna.storages.RDBStorage(f"sqlite:///{w / 'no-study.db'}")  # Optuna's tables, no study in them
@@ -167,6 +167,8 @@ def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iter
     cache.mkdir(parents=True)
     joblib.dump(np.full((40, 54), np.nan), cache / covtype.SKLEARN_SAMPLES.name, compress=9)
     joblib.dump(labels, cache / covtype.SKLEARN_TARGETS.name, compress=9)
+    export_payload(w / "classes.pt", metadata={"objective": "fashion_mnist", "class_names": ["a", "b", "c"]})
+    (w / "empty-data").mkdir()
     (w / "notes.txt").write_text("an existing file that is not a model")
     (w / "two-lines").write_text("sqlite:///new.db\nextra\n")
     (w / "empty-art").mkdir()
@@ -333,6 +335,10 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("covtype-pickle", ["run", "--objective", "covtype", "--data-dir", "{w}/cov-evil-cache"],
      "refused to load: it holds posix.system", {}),
     ("covtype-nan", ["run", "--objective", "covtype", "--data-dir", "{w}/cov-nan-cache"], "NaN", {}),
+    ("fashion-empty-dir", ["run", "--data-dir", "{w}/empty-data"], "no Fashion-MNIST files in {w}/empty-data, and "
+     "downloading them failed ([Errno 111] Connection refused); put the four IDX .gz files (train-images-idx3-ubyte.gz, "
+     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) there, or pass --data-dir",
+     {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}),
     # the artifact directory
     ("artifacts-read-only", ["run", "--data-dir", "{data}", "--artifacts", "{w}/ro/art"],
      "cannot create the artifact directory", {}),
@@ -347,6 +353,8 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("evaluate-metadata-type", ["evaluate", "{w}/metatype.pt"], "'class_names' is a int", {}),
     ("evaluate-width", ["evaluate", "{w}/width.pt", "--data-dir", "{data}"], "the model takes 54 inputs", {}),
     ("evaluate-objective", ["evaluate", "{w}/unknownobjective.pt"], "names objective 'imagenet'", {}),
+    ("evaluate-class-names", ["evaluate", "{w}/classes.pt", "--data-dir", "{data}"], "its metadata names 3 classes, "
+     "but the model has 10 outputs; the file was edited or mixes two models: export it again", {}),
     ("evaluate-missing", ["evaluate", "{w}/nope.pt"], "no such file", {}),
     ("evaluate-directory", ["evaluate", "{w}/adir"], "not a file", {}),
     ("export-over-other-file", ["best", "--study", "ready", "--storage", "{db}", "--artifacts", "{art}",

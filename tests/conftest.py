@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import optuna
 import pytest
 
-from tests.datafiles import write_covtype_uci, write_fashion_mnist
-from tests.postgres import PostgresServer
+from tests.support.datafiles import write_covtype_uci, write_fashion_mnist
+from tests.support.postgres import PostgresServer
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -36,5 +36,5 @@ def covtype_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def medium_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Large enough that an epoch of ``tests.workers.SLOW_PARAMS`` takes about a second."""
+    """Large enough that an epoch of ``tests.support.workers.SLOW_PARAMS`` takes about a second."""
     return write_fashion_mnist(tmp_path_factory.mktemp("fashion-medium"), n_train=9600, n_test=300)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import optuna
 import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from search import keys, optuna_adapter
+from search import keys
+from search.storage import optuna_adapter
 from search.errors import StorageError
-from search.export import trial_summary
+from search.study.summary import trial_summary
 from search.storage import ResilientStorage, open_storage
-from search.study import StudySpec, join_study, study_lock
-from tests.proxy import FaultProxy
+from search.study.join import join_study, study_lock
+from search.study.spec import StudySpec
+from tests.support.proxy import FaultProxy
 
 SPEC = StudySpec("slots", "fashion_mnist", 3)
 
@@ -30,7 +33,7 @@ def storage(request, tmp_path, postgres) -> Iterator[ResilientStorage]:
 
 
 def joined(storage: ResilientStorage, budget: int) -> tuple[optuna.Study, optuna_adapter.Slots]:
-    study, _, _ = join_study(storage, SPEC, budget, 0)
+    study, _, _ = join_study(storage, replace(SPEC, n_trials=budget))
     return study, storage.slots(study)
 
 
@@ -75,11 +78,11 @@ def test_joins_take_distinct_indexes_and_only_set_up_takes_the_lock(storage):
     indexes: list[int] = []
 
     def join() -> None:
-        indexes.append(join_study(storage, SPEC, 5, 0)[1])
+        indexes.append(join_study(storage, replace(SPEC, n_trials=5))[1])
 
     # While another process holds the study's set-up lock, joins that set nothing up go
     # through (each takes the next index in one statement); a budget raise waits for it.
-    other = open_storage(storage.database.url.render_as_string(hide_password=False))
+    other = open_storage(storage.policy.url.render_as_string(hide_password=False))
     with study_lock(other, SPEC.name):
         threads = [threading.Thread(target=join) for _ in range(8)]
         for thread in threads:
@@ -88,7 +91,7 @@ def test_joins_take_distinct_indexes_and_only_set_up_takes_the_lock(storage):
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         assert len(indexes) == 8
-        raising = threading.Thread(target=join_study, args=(storage, SPEC, 6, 0))
+        raising = threading.Thread(target=join_study, args=(storage, replace(SPEC, n_trials=6)))
         raising.start()
         raising.join(timeout=3)
         assert raising.is_alive()
@@ -234,7 +237,7 @@ def test_a_session_reused_after_its_connection_died_counts_as_connection_loss():
     raises then is transient exactly when the first failure was."""
     import psycopg2
 
-    from search.database import is_transient
+    from search.storage.failures import is_transient
 
     lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg2.OperationalError("server closed the connection"),
                                            connection_invalidated=True)

@@ -27,9 +27,9 @@ import optuna
 import pytest
 import sqlalchemy
 
-from objectives import covtype
+from objectives.datasets import covtype
 from tests.bad_inputs import ROWS, Evil, build_world, read_only_mount
-from tests.workers import REPO, dashboard, run_search, search_env, wait_until
+from tests.support.workers import REPO, dashboard, run_search, search_env, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import optuna
@@ -12,8 +14,8 @@ import pytest
 
 from objectives import space
 from search import keys
-from tests.postgres import free_port
-from tests.workers import dashboard, one_error_line, run_search, system_attrs
+from tests.support.postgres import free_port
+from tests.support.workers import dashboard, one_error_line, run_search, search_env, system_attrs
 
 
 def test_run_on_the_embedded_default_prints_epochs_and_a_summary(tmp_path, fashion_dir):
@@ -110,7 +112,7 @@ def test_a_study_left_undescribed_by_a_dead_join_is_taken_up(tmp_path, fashion_d
                       "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     study = optuna.load_study(study_name="bare", storage=storage)
-    assert study.user_attrs[keys.OBJECTIVE] == "fashion_mnist" and study.user_attrs[keys.EPOCHS] == 1
+    assert study.user_attrs[keys.DATASET] == "fashion_mnist" and study.user_attrs[keys.EPOCHS] == 1
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
@@ -121,7 +123,7 @@ def test_mismatched_study_is_refused_and_the_database_is_unchanged(postgres, tmp
     done = run_search("worker", "--study", "shared", "--n-trials", "2", "--epochs", "1", *common)
     assert done.returncode == 0, done.stderr
     minimized = optuna.create_study(study_name="loss", storage=url, direction="minimize")
-    minimized.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    minimized.set_user_attr(keys.DATASET, "fashion_mnist")
     minimized.set_user_attr(keys.EPOCHS, 1)
     before = database_snapshot(url)
     assert dict((s[0], s[3]) for s in before)["shared"][keys.WORKERS] == 1
@@ -185,3 +187,20 @@ def test_time_budget_stops_claiming_and_leaves_the_rest_of_the_budget(tmp_path, 
     # Trials are created as they are claimed: the rest of the budget is still to come.
     assert study.user_attrs[keys.BUDGET] == 200 and 0 < len(trials) < 200
     assert all(t.state.is_finished() for t in trials)
+
+
+def test_status_and_report_load_no_torch(tmp_path):
+    """The read-only commands that need no model start without importing torch (seconds on
+    a small machine): a user polls `search status` often."""
+    storage = f"sqlite:///{tmp_path / 'plain.db'}"
+    study = optuna.create_study(study_name="light", storage=storage, direction="maximize")
+    study.set_user_attr(keys.DATASET, "fashion_mnist")
+    study.set_user_attr(keys.EPOCHS, 1)
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions={
+        "x": optuna.distributions.FloatDistribution(0, 1)}, value=0.5, intermediate_values={1: 0.5}))
+    for command in (["status"], ["report", "--out", str(tmp_path / "report")]):
+        probe = ("import sys; from search.cli import main; code = main(sys.argv[1:]); "
+                 "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
+        done = subprocess.run([sys.executable, "-c", probe, *command, "--storage", storage], capture_output=True,
+                              text=True, cwd=tmp_path, env=search_env(), timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr

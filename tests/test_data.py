@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import DataError, covtype, fashion_mnist
-from tests.datafiles import (
+from objectives.datasets import covtype, fashion_mnist
+from objectives.errors import DataError
+from tests.support.datafiles import (
     synthetic_covtype,
     synthetic_images,
     write_covtype_sklearn_cache,

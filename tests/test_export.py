@@ -11,9 +11,10 @@ import optuna
 import pytest
 import torch
 
-from objectives import load_dataset, space
+from objectives import space
+from objectives.datasets import load_dataset
 from search import keys
-from tests.workers import REPO, one_error_line, run_search
+from tests.support.workers import REPO, one_error_line, run_search
 
 
 # Every training-only option on, so export and --retrain are tested with all of them.
@@ -81,12 +82,11 @@ def test_exported_model_reproduces_validation_accuracy_in_a_fresh_process(finish
     assert result["loaded"] == []
 
 
-# Started with -I -S (no site, no .pth files: this project's editable install is not on
-# the path), then only the directory torch is installed in: torch (and what sits beside
-# it, never imported).
+# Started with -S -s (no site, no .pth files: this project's editable install is not on
+# the path), in an empty directory, with only the directory torch is installed in on
+# PYTHONPATH: torch (and what sits beside it, never imported).
 PROGRAM_CHILD = """
 import importlib.util, json, sys
-sys.path.append(sys.argv[3])
 assert not any(importlib.util.find_spec(name) for name in ("models", "search", "objectives"))
 import torch
 extra = {"hpsearch.json": ""}
@@ -112,8 +112,9 @@ def test_program_export_runs_with_torch_alone_and_predicts_the_same(finished_stu
     inputs = tmp_path / "inputs.pt"
     torch.save(features, inputs)
     site_packages = str(Path(torch.__file__).parents[1])
-    child = subprocess.run([sys.executable, "-I", "-S", "-c", PROGRAM_CHILD, str(program), str(inputs),
-                            site_packages], capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    child = subprocess.run([sys.executable, "-S", "-s", "-c", PROGRAM_CHILD, str(program), str(inputs)],
+                           capture_output=True, text=True, cwd=tmp_path,
+                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": site_packages})
     assert child.returncode == 0, child.stderr
     metadata = json.loads(child.stdout)
     assert metadata == torch.load(state, weights_only=True)["metadata"]
@@ -189,7 +190,7 @@ def test_export_errors_are_one_clear_line(finished_study, tmp_path):
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     study = optuna.create_study(study_name="fresh", storage=empty, direction="maximize")
-    study.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    study.set_user_attr(keys.DATASET, "fashion_mnist")
     study.set_user_attr(keys.EPOCHS, 2)
     line = one_error_line(run_search("best", "--study", "fresh", "--storage", empty))
     assert "no completed trial" in line

@@ -22,9 +22,9 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from search import keys
-from tests.postgres import PostgresServer
-from tests.proxy import FaultProxy
-from tests.workers import (create_slow_study, logs, run_search, start_worker, wait_all, wait_until,
+from tests.support.postgres import PostgresServer
+from tests.support.proxy import FaultProxy
+from tests.support.workers import (create_slow_study, logs, run_search, start_worker, wait_all, wait_until,
                            worker_args)
 
 # Heartbeat every second, presumed dead after 3: faults are seen quickly.
@@ -83,19 +83,26 @@ def through(proxy: FaultProxy, url: str) -> str:
     return f"{host}@127.0.0.1:{proxy.port}/{rest.split('/', 1)[1]}"
 
 
-def test_kill_9_between_claim_and_first_beat_is_retried(postgres, medium_fashion_dir, tmp_path):
+def test_kill_9_between_claim_and_first_beat_is_retried(postgres, proxy, medium_fashion_dir, tmp_path):
+    """The victim's host goes silent the instant its claim commits (the claim's reply gets
+    through, nothing after it does), so it holds a RUNNING trial and never starts that
+    trial's heartbeat; then it is killed."""
     url = postgres.new_database()
     create_slow_study(url, "claim", n_trials=2, epochs=2)
-    args = worker_args(url, "claim", medium_fashion_dir, tmp_path / "a", 2, 2, heartbeat=BEAT, grace=GRACE)
-    victim = start_worker(tmp_path / "victim.log", *args, env={"HPSEARCH_FAULT_PAUSE_AFTER_CLAIM": "600"})
+    proxy.partition_after_commit(keys.OWNER)  # the claim's transaction writes the owner token
+    victim = start_worker(tmp_path / "victim.log", *worker_args(through(proxy, url), "claim", medium_fashion_dir,
+                                                                tmp_path / "a", 2, 2, heartbeat=BEAT, grace=GRACE))
     wait_until(lambda: [t for t in optuna.load_study(study_name="claim", storage=url).get_trials()
                         if t.state == TrialState.RUNNING], timeout=120)
+    assert proxy.cuts == 1 and not proxy.flowing.is_set()
     victim.kill()
     victim.wait()
+    args = worker_args(url, "claim", medium_fashion_dir, tmp_path / "a", 2, 2, heartbeat=BEAT, grace=GRACE)
     survivor = start_worker(tmp_path / "survivor.log", *args)
     assert survivor.wait(timeout=300) == 0, logs([tmp_path / "survivor.log"])
     trials = assert_clean_end(url, "claim", 2, tmp_path / "a", crashed=1)
     assert trials[0].system_attrs[keys.FAIL_CAUSE] == "stale"
+    assert "epoch 1/2" not in (tmp_path / "victim.log").read_text()  # it never trained
 
 
 def test_lost_reply_to_the_claim_commit_is_read_back(postgres, proxy, medium_fashion_dir, tmp_path):

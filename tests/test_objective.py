@@ -13,11 +13,13 @@ import torch
 from optuna.trial import TrialState
 
 from models import build_mlp
-from objectives import EpochHooks, ObjectiveSettings, load_dataset, make_objective, space
-from objectives.augmentation import Augmenter
-from objectives.datasets import Dataset, Split
-from objectives.trainer import Trainer, TrainingDiverged, TrainingSettings
-from search.pruners import make_pruner
+from objectives import space
+from objectives.data import Dataset, Split
+from objectives.datasets import load_dataset
+from objectives.objective import EpochHooks, ObjectiveSettings, make_objective
+from objectives.training.augmentation import Augmenter
+from objectives.training.trainer import Trainer, TrainingDiverged, TrainingSettings
+from search.study.pruner import make_pruner
 
 CPU = torch.device("cpu")
 GOOD: dict[str, Any] = {

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from objectives.optimizer_step import FusedStep
-from objectives.trainer import TrainingSettings, make_optimizer
+from objectives.training import kernels
+from objectives.training.kernels import FusedStep
+from objectives.training.trainer import TrainingSettings, make_optimizer
 
 SETTINGS = {
     "sgd": TrainingSettings("sgd", 0.05, 1e-3, 16),
@@ -96,3 +97,22 @@ def test_loaded_state_is_used_after_state_replaced(name: str) -> None:
 def test_unsupported_optimizers_are_refused(make) -> None:
     with pytest.raises(ValueError, match="FusedStep needs"):
         FusedStep(make(small_model().parameters()))
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_without_torchs_private_kernels_it_takes_the_public_step(name: str, monkeypatch) -> None:
+    """A torch without the fused kernels: an unfused optimizer, stepped by ``step()``, with
+    gradients passed in as the trainer passes them."""
+    for _, kernel in kernels.KERNELS:
+        monkeypatch.delattr(torch, kernel, raising=False)
+    reference_model, fast_model = small_model(), small_model()
+    reference = make_optimizer(reference_model, SETTINGS[name])
+    fast_optimizer = make_optimizer(fast_model, SETTINGS[name])
+    assert not fast_optimizer.param_groups[0]["fused"]
+    fast_step = kernels.step_for(fast_optimizer)
+    assert isinstance(fast_step, kernels.PublicStep)
+    for step in range(4):
+        reference_step(reference_model, reference, step)
+        fast_step(gradients(fast_model, step))
+    assert_same(reference_model, fast_model, reference, fast_optimizer)
+    assert all(parameter.grad is None for parameter in fast_model.parameters())

@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from search.database import IDLE_IN_TRANSACTION_S, LOCK_TIMEOUT_S
-from search.locking import named_lock
+from search.storage.connection import IDLE_IN_TRANSACTION_S, LOCK_TIMEOUT_S
+from search.storage.locks import named_lock
 from search.storage import open_storage
-from tests.pooler import PgBouncer
-from tests.postgres import PostgresServer
-from tests.workers import (create_slow_study, kill_a_checkpointed_trials_worker, logs, start_worker, states,
+from tests.support.pooler import PgBouncer
+from tests.support.postgres import PostgresServer
+from tests.support.workers import (create_slow_study, kill_a_checkpointed_trials_worker, logs, start_worker, states,
                            wait_all, worker_args)
 
 

@@ -10,7 +10,7 @@ import json
 
 import optuna
 
-from tests.workers import one_error_line, run_search
+from tests.support.workers import one_error_line, run_search
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

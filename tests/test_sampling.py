@@ -5,19 +5,20 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import history as history_module
-from search import optuna_adapter
-from search.history import History
-from search.sampling import BoundedSampler, HistoryMedianPruner, median
-from search.storage import open_storage
-from search.pruners import MEDIAN_PRUNER, make_pruner
-from search.study import StudySpec, join_study, make_sampler
+from search.storage import open_storage, optuna_adapter
+from search.study import history as history_module
+from search.study.history import History
+from search.study.join import join_study
+from search.study.pruner import MEDIAN_PRUNER, HistoryMedianPruner, make_pruner, median
+from search.study.sampler import BoundedSampler, make_sampler
+from search.study.spec import StudySpec
 
 SPEC = StudySpec("sampling", "fashion_mnist", 5)
 
@@ -25,7 +26,7 @@ SPEC = StudySpec("sampling", "fashion_mnist", 5)
 @pytest.fixture
 def joined(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", patience=20)
-    study, _, _ = join_study(storage, SPEC, 10, 0)
+    study, _, _ = join_study(storage, replace(SPEC, n_trials=10))
     yield study, storage
     storage.close()
 
@@ -145,7 +146,7 @@ def test_below_the_bound_the_sampler_is_tpe_exactly(tmp_path):
     """While the history fits in the bound, BoundedSampler samples what TPESampler does."""
     def search(bounded: bool) -> list[dict]:
         storage = open_storage(f"sqlite:///{tmp_path / f'{bounded}.db'}", patience=20)
-        study, _, _ = join_study(storage, SPEC, 10, 0)
+        study, _, _ = join_study(storage, replace(SPEC, n_trials=10))
         study.sampler = make_sampler(7)
         if bounded:  # as the worker sets it up
             history = History(storage, study)
@@ -164,3 +165,20 @@ def test_below_the_bound_the_sampler_is_tpe_exactly(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert search(bounded=True) == search(bounded=False)
+
+
+def test_the_faster_log_phi_is_in_place_only_while_the_worker_samples(joined, monkeypatch):
+    """No process-wide patch: plain Optuna in the same process keeps its own log Phi."""
+    from search.storage.optuna_adapter import tpe
+
+    study, storage = joined
+    calls = []
+    monkeypatch.setattr(tpe, "log_ndtr", lambda a: calls.append(1) or tpe.STOCK_LOG_NDTR(a))
+    history = History(storage, study)
+    study.sampler = BoundedSampler(make_sampler(3, gamma=history.gamma), history)
+    for _ in range(14):
+        history.refresh()
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0, 1))
+        assert tpe._truncnorm._log_ndtr is tpe.STOCK_LOG_NDTR
+    assert calls  # TPE sampled (after its 10 random trials) with the worker's log Phi

@@ -9,7 +9,7 @@ import pytest
 
 from objectives import space
 from search import keys
-from search.study import study_space
+from search.study.compatibility import study_space
 
 
 def former_suggest(trial: optuna.Trial) -> dict:
@@ -50,7 +50,7 @@ def test_the_file_studies_without_a_stored_space_sample_is_the_former_space_exac
 
 def test_a_study_that_stored_no_space_keeps_sampling_the_former_default():
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr(keys.OBJECTIVE, "fashion_mnist")
+    study.set_user_attr(keys.DATASET, "fashion_mnist")
     assert study_space(study) == space.load_space(space.UNSTORED_FILE, "fashion_mnist")
     assert study_space(study)["optimizer"] == {"choices": ["sgd", "adam", "adamw"]}
 

@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.postgres import free_port
-from tests.workers import run_search, search_env
+from tests.support.postgres import free_port
+from tests.support.workers import run_search, search_env
 
 BIN = Path(sys.executable).parent
 

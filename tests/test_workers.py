@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import keys
-from tests.workers import (create_slow_study, kill_a_checkpointed_trials_worker, logs, start_worker, states,
+from tests.support.workers import (create_slow_study, kill_a_checkpointed_trials_worker, logs, start_worker, states,
                            system_attrs, wait_all, wait_until, worker_args)
 
 

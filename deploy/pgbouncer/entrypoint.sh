@@ -8,7 +8,7 @@
 #
 # Transaction pooling: a server connection serves one transaction, then the next client's.
 # The workers are built for it: every transaction sets its own timeouts (SET LOCAL), and
-# the set-up lock is transaction-scoped (search/locking.py). Clients authenticate with
+# the set-up lock is transaction-scoped (search/storage/locks.py). Clients authenticate with
 # SCRAM against the password here; PgBouncer logs in to PostgreSQL with the same one.
 set -euo pipefail
 : "${DB_HOST:?DB_HOST is not set: the PostgreSQL host PgBouncer pools connections to}"

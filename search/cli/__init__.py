@@ -1,0 +1,133 @@
+"""The ``search`` command line: run, worker, status, dashboard, best, report, evaluate.
+
+Bad input ends with one ``search: error: ...`` line and exit status 2, before anything
+is created or written; ``status``, ``best`` (without ``--retrain``), ``report`` and
+``dashboard`` only ever read. Exit statuses are decided here alone, from the type of
+what ended the command (``exit_status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import warnings
+from collections.abc import Sequence
+
+from search.cli import options, settings
+from search.cli.parser import DATA_OPTION_COMMANDS, build_parser
+from search.errors import SearchError, UserError
+from search.worker.signals import WorkerStopped, silence_stdout
+
+
+def exit_status(error: BaseException) -> int | None:
+    """0 done; 1 something failed that may pass later (the database stayed away); 2 bad
+    input, or something a person must fix (orchestrators should not restart on 2);
+    128 + N stopped by signal N (the running trial was re-queued). None: a bug, shown
+    with its traceback."""
+    if isinstance(error, WorkerStopped):
+        return 128 + error.signum
+    if isinstance(error, UserError):
+        return 2
+    if isinstance(error, SearchError):
+        return 1
+    if isinstance(error, ValueError):
+        # The data sets' and exported files' own errors (torch is loaded only if the command
+        # got that far, so these are imported here, not for every command).
+        from models.exported import ExportedModelError
+        from objectives.errors import InputError
+
+        if isinstance(error, (InputError, ExportedModelError)):
+            return 2
+    return None
+
+
+def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
+    """Run the command with its settings, each resolved once."""
+    options.resolve(args)
+    command = args.command
+    if command == "evaluate":
+        from search.commands.evaluate import evaluate
+
+        return evaluate(args.path, args.data_dir, args.json)
+    url = settings.storage(args)
+    if command in ("run", "worker"):
+        from search.commands.work import work
+
+        name = work(settings.worker_config(args, url), settings.study_request(args, data_options))
+        if command == "worker":
+            return 0
+        args.study = name  # run: then the study's status, and how to export its best model
+    if command in ("run", "status"):
+        from search.commands.status import status
+
+        status(url, args.study)
+        if command == "run":
+            print(f"export the best model: search best --study {args.study} --storage {args.storage} "
+                  f"--artifacts {args.artifacts} --export model.pt")
+        return 0
+    if command == "dashboard":
+        from search.commands.dashboard import dashboard
+
+        return dashboard(url, args.artifacts, args.host, args.port)
+    if command == "best":
+        if args.retrain and args.export is None:
+            raise UserError("--retrain needs somewhere to write the retrained model; add --export PATH")
+        if args.force and args.export is None:
+            raise UserError("--force only applies to --export; add --export PATH or drop --force")
+        from search.commands.best import best
+
+        return best(url, args.study, args.artifacts, args.data_dir, args.device, args.json, args.export, args.force,
+                    args.retrain)
+    from search.commands.report import report
+
+    return report(url, args.study, args.out)
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The parsed command line, and the names of the data sets' own options it has."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    data_options = []
+    if command in DATA_OPTION_COMMANDS:
+        from objectives.datasets import options as dataset_options  # imports every data set (torch)
+
+        data_options = dataset_options()
+    args = build_parser(data_options).parse_args(argv)
+    return args, [option.name for option in data_options]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args, data_options = parse(sys.argv[1:] if argv is None else argv)
+        configure_logging(args.verbose)
+        code = dispatch(args, data_options)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except WorkerStopped as stop:
+        print(f"search: stopped by {stop}; the current trial was re-queued", file=sys.stderr)
+        return exit_status(stop)
+    except KeyboardInterrupt:
+        print("search: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:  # `search status | head -1`: the reader had enough, as for any Unix tool
+        silence_stdout()
+        return 128 + signal.SIGPIPE
+    except Exception as error:
+        code = exit_status(error)
+        if code is None:
+            raise
+        print(f"search: error: {error}", file=sys.stderr)
+        return code
+
+
+def configure_logging(verbose: bool) -> None:
+    import optuna
+
+    logging.basicConfig(level=logging.WARNING if verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # Library warnings (Optuna's experimental APIs, torch's notes) are not the user's
+        # to act on; -v shows them.
+        warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)

@@ -1,0 +1,120 @@
+"""Optuna's table schema (version 12), for SQLAlchemy Core, and the helpers every
+transaction of this package shares. See the package docstring for why."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from sqlalchemy.dialects import postgresql, sqlite
+
+from search.errors import StorageError
+
+SCHEMA_VERSION = 12  # Optuna 4.x-5.x; the tables below are checked against it on open
+
+_meta = sa.MetaData()
+_state = sa.Enum(TrialState, name="trialstate", create_constraint=False, native_enum=True)
+studies = sa.Table("studies", _meta, sa.Column("study_id", sa.Integer, primary_key=True),
+                   sa.Column("study_name", sa.String))
+study_user_attrs = sa.Table("study_user_attributes", _meta, sa.Column("study_id", sa.Integer),
+                            sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
+study_system_attrs = sa.Table("study_system_attributes", _meta, sa.Column("study_id", sa.Integer),
+                              sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
+trials = sa.Table("trials", _meta, sa.Column("trial_id", sa.Integer, primary_key=True),
+                  sa.Column("number", sa.Integer), sa.Column("study_id", sa.Integer), sa.Column("state", _state),
+                  sa.Column("datetime_start", sa.DateTime), sa.Column("datetime_complete", sa.DateTime))
+params = sa.Table("trial_params", _meta, sa.Column("trial_id", sa.Integer), sa.Column("param_name", sa.String),
+                  sa.Column("param_value", sa.Float), sa.Column("distribution_json", sa.Text))
+user_attrs = sa.Table("trial_user_attributes", _meta, sa.Column("trial_id", sa.Integer),
+                      sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
+system_attrs = sa.Table("trial_system_attributes", _meta, sa.Column("trial_id", sa.Integer),
+                        sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
+intermediate = sa.Table("trial_intermediate_values", _meta, sa.Column("trial_id", sa.Integer),
+                        sa.Column("step", sa.Integer), sa.Column("intermediate_value", sa.Float),
+                        sa.Column("intermediate_value_type", sa.String))
+heartbeats = sa.Table("trial_heartbeats", _meta, sa.Column("trial_id", sa.Integer),
+                      sa.Column("heartbeat", sa.DateTime))
+version_info = sa.Table("version_info", _meta, sa.Column("schema_version", sa.Integer))
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def study_id(study: optuna.Study) -> int:
+    return study._study_id
+
+
+OPTUNA_TABLES = {"studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
+                 "trial_params", "trial_values", "trial_intermediate_values", "trial_user_attributes",
+                 "trial_system_attributes", "trial_heartbeats", "version_info", "alembic_version"}
+
+
+def schema_state(engine: sa.Engine, described: str) -> str:
+    """"empty" (no Optuna tables yet), "partial" (some, all Optuna's) or "optuna" (complete,
+    schema version checked); a database whose tables clash with Optuna's is refused, naming
+    it as ``described``."""
+    inspector = sa.inspect(engine)
+    present = set(inspector.get_table_names()) & OPTUNA_TABLES
+    if not present:
+        return "empty"
+    for table in present & {"studies", "trials", "version_info"}:
+        expected = set(_meta.tables[table].columns.keys())
+        if not expected <= {column["name"] for column in inspector.get_columns(table)}:
+            raise StorageError(f"{described} has a table {table!r} that is not Optuna's; "
+                               f"point --storage at a separate database")
+    if present != OPTUNA_TABLES:
+        return "partial"
+    with engine.connect() as connection:
+        version = connection.execute(sa.select(version_info.c.schema_version)).scalar()
+    if version != SCHEMA_VERSION:
+        raise StorageError(f"{described} has Optuna schema version {version}; this project "
+                           f"reads version {SCHEMA_VERSION} (Optuna 5): upgrade it with `optuna storage upgrade`")
+    return "optuna"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # Optuna 5 stores naive UTC
+
+
+def _insert(connection: sa.Connection) -> Any:
+    return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert
+
+
+def _set_attrs(connection: sa.Connection, table: sa.Table, target: int, values: dict[str, Any],
+               encoded: bool = False) -> None:
+    """Upsert attrs of the trial (or study: the table's first column says) ``target``."""
+    owner = next(iter(table.c.keys()))
+    for key, value in values.items():
+        upsert = _insert(connection)(table).values(
+            {owner: target, "key": key, "value_json": value if encoded else json.dumps(value)})
+        connection.execute(upsert.on_conflict_do_update(index_elements=[owner, "key"],
+                                                        set_={"value_json": upsert.excluded.value_json}))
+
+
+# Optuna indexes trials by study only. Claims look for a WAITING trial and stale checks
+# for RUNNING ones, and a new trial takes the next number: with these indexes none of
+# them reads the study's finished trials.
+INDEXES = {
+    "hpsearch_trials_unfinished": "trials (study_id, state, trial_id) WHERE state IN ('WAITING', 'RUNNING')",
+    "hpsearch_trials_number": "trials (study_id, number)",
+}
+
+
+def has_indexes(engine: sa.Engine) -> bool:
+    return set(INDEXES) <= {index["name"] for index in sa.inspect(engine).get_indexes("trials")}
+
+
+def create_indexes(engine: sa.Engine) -> None:
+    """Add this project's indexes to Optuna's tables (the caller holds the schema lock). A
+    role that may not create them (not the tables' owner) still works, only slower."""
+    try:
+        with engine.begin() as connection:
+            for name, definition in INDEXES.items():
+                connection.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {definition}")
+    except sa.exc.DBAPIError:
+        pass

@@ -1,0 +1,68 @@
+"""A worker's writes to its running trial, each one transaction. See the package docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._rdb.models import TrialIntermediateValueModel
+
+from search.storage.optuna_adapter.schema import _insert, _set_attrs, intermediate, params, system_attrs, trials, user_attrs
+
+
+@dataclass
+class OwnWrite:
+    """What one write to a running trial of this worker sets (see ``write_own``)."""
+
+    params: list[tuple[str, float, BaseDistribution]] = field(default_factory=list)
+    known: dict[str, BaseDistribution] = field(default_factory=dict)  # the study's distributions
+    user: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+    step: tuple[int, float] | None = None
+
+
+def write_own(engine: sa.Engine, trial_id_: int, write: OwnWrite) -> dict[str, BaseDistribution]:
+    """One transaction for what ``RDBStorage`` writes in one each, every one with lookups:
+    parameters (whose distribution check against the study's earlier trials reads a table
+    that grows with the study), attributes, an intermediate value. As Optuna does: a
+    finished trial is refused, and each distribution must be compatible with the one the
+    study's earlier trials had (``known``, else the first stored row of that name). Safe to
+    repeat after a lost reply (upserts). Returns the distributions now known."""
+    with engine.begin() as connection:
+        row = connection.execute(sa.select(trials.c.state, trials.c.study_id).where(
+            trials.c.trial_id == trial_id_)).first()
+        if row is None:
+            raise KeyError(f"no trial with id {trial_id_}")
+        if row.state.is_finished():
+            raise UpdateFinishedTrialError(f"trial id {trial_id_} is already {row.state.name}")
+        known = dict(write.known)
+        for name, _, distribution in write.params:
+            if name not in known:
+                stored = connection.execute(sa.select(params.c.distribution_json).join(
+                    trials, trials.c.trial_id == params.c.trial_id).where(
+                    trials.c.study_id == row.study_id, params.c.param_name == name).limit(1)).scalar()
+                if stored is not None:
+                    known[name] = optuna.distributions.json_to_distribution(stored)
+            if name in known:
+                optuna.distributions.check_distribution_compatibility(known[name], distribution)
+            known.setdefault(name, distribution)
+        if write.params:
+            insert = _insert(connection)(params).on_conflict_do_nothing(index_elements=["trial_id", "param_name"])
+            connection.execute(insert, [
+                {"trial_id": trial_id_, "param_name": name, "param_value": value,
+                 "distribution_json": optuna.distributions.distribution_to_json(distribution)}
+                for name, value, distribution in write.params])
+        _set_attrs(connection, user_attrs, trial_id_, write.user)
+        _set_attrs(connection, system_attrs, trial_id_, write.system)
+        if write.step is not None:
+            value, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(write.step[1])
+            upsert = _insert(connection)(intermediate).values(
+                trial_id=trial_id_, step=write.step[0], intermediate_value=value, intermediate_value_type=kind.name)
+            connection.execute(upsert.on_conflict_do_update(
+                index_elements=["trial_id", "step"], set_={"intermediate_value": upsert.excluded.intermediate_value,
+                                                           "intermediate_value_type": upsert.excluded.intermediate_value_type}))
+    return known

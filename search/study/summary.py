@@ -1,0 +1,42 @@
+"""What a finished study says about its trials: the best one, epochs, the whole time of a
+slot across its attempts. Shared by ``best``, ``report`` and ``status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import keys
+from search.errors import UserError
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise UserError(f"study {study.study_name!r} has no completed trial yet; "
+                        f"let the workers finish one (see: search status --study {study.study_name})")
+    return study.best_trial
+
+
+def epochs_run(trial: FrozenTrial) -> int:
+    return max(trial.intermediate_values, default=0)
+
+
+def slot_time(trial: FrozenTrial, by_number: dict[int, FrozenTrial]) -> tuple[float | None, int]:
+    """Seconds and attempts of the trial's slot: a trial that continues failed attempts (a
+    dead worker's, resumed from their checkpoint) took all of their time too, and
+    ``retry_history`` lists them."""
+    numbers = {*trial.system_attrs.get(keys.RETRY_HISTORY, []), trial.number}
+    attempts = [by_number[number] for number in numbers if number in by_number]
+    seconds = [attempt.duration.total_seconds() for attempt in attempts if attempt.duration]
+    return (sum(seconds) if seconds else None), len(attempts)
+
+
+def trial_summary(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    seconds, attempts = slot_time(trial, {earlier.number: earlier for earlier in study.get_trials(deepcopy=False)})
+    return {
+        "study": study.study_name, "trial_number": trial.number, "validation_accuracy": trial.value,
+        "params": trial.params, "epochs": epochs_run(trial), "duration_s": seconds, "attempts": attempts,
+        "objective": study.user_attrs.get(keys.DATASET),
+    }

@@ -1,0 +1,39 @@
+"""Every benchmark in its quick mode (tiny sizes), so that one that breaks fails CI: the
+figures are not checked, only that each runs to its summary (and the ones with a verdict
+pass). Real benchmark runs print the ratios the README quotes; see README "Benchmarks".
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.workers import REPO, search_env
+
+# bench module -> a line its summary always prints
+SUMMARIES = {
+    "service_overhead": "per-trial service overhead",
+    "many_workers": "PASS",
+    "worker_scaling": "wall: launch to the last worker's exit",
+    "epoch_speed": "speed-up",
+    "search_quality": "PASS",
+    "search_efficiency": "trials completed",
+    "chaos_soak": "PASS",
+}
+
+
+def test_every_bench_is_listed():
+    on_disk = {path.stem for path in (REPO / "bench").glob("*.py")} - {"__init__", "synthetic", "textbook"}
+    assert on_disk == set(SUMMARIES)
+
+
+@pytest.mark.parametrize("bench", sorted(SUMMARIES))
+def test_bench_runs_in_its_quick_mode(bench):
+    env = {**search_env(), "PYTHONPATH": str(REPO)}
+    env.pop("OMP_NUM_THREADS")  # the benches set their own threads
+    done = subprocess.run([sys.executable, "-m", f"bench.{bench}", "--quick"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert SUMMARIES[bench] in done.stdout, done.stdout[-3000:]
