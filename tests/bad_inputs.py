@@ -27,7 +27,9 @@ import torch
 from models import build_mlp
 from objectives.datasets import covtype, fashion_mnist
 from search import keys
-from tests.support.datafiles import synthetic_covtype, synthetic_images, write_fashion_mnist, write_idx
+from tests.support.datafiles import (
+    synthetic_covtype, synthetic_images, synthetic_table, write_fashion_mnist, write_idx, write_table,
+)
 from tests.support.postgres import free_port
 from tests.support.workers import run_search
 
@@ -76,6 +78,20 @@ def export_payload(path: Path, **changes: Any) -> None:
                "metadata": {"objective": "fashion_mnist", "class_names": list(fashion_mnist.CLASS_NAMES)}}
     payload.update(changes)
     torch.save(payload, path)
+
+
+def write_tables(directory: Path) -> None:
+    """A good table, and one broken in each way a user's table can be."""
+    write_table(directory, "good.csv", n=60)
+    (directory / "empty.csv").write_text("")
+    table = synthetic_table(60)
+    table.assign(species="setosa").to_csv(directory / "one-class.csv", index=False)
+    table.astype({"height_cm": object}).assign(height_cm=lambda t: t.height_cm.where(t.index != 7, "tall")).to_csv(
+        directory / "junk.csv", index=False)
+    table.astype({"weight_kg": object}).assign(weight_kg=lambda t: t.weight_kg.where(t.index != 4, "")).to_csv(
+        directory / "gap.csv", index=False)
+    write_table(directory / "two", "a.csv", n=60)
+    write_table(directory / "two", "b.parquet", n=60)
 
 
 @contextlib.contextmanager
@@ -169,6 +185,7 @@ def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iter
     joblib.dump(labels, cache / covtype.SKLEARN_TARGETS.name, compress=9)
     export_payload(w / "classes.pt", metadata={"objective": "fashion_mnist", "class_names": ["a", "b", "c"]})
     (w / "empty-data").mkdir()
+    write_tables(w / "tables")
     (w / "notes.txt").write_text("an existing file that is not a model")
     (w / "two-lines").write_text("sqlite:///new.db\nextra\n")
     (w / "empty-art").mkdir()
@@ -339,6 +356,26 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
      "downloading them failed ([Errno 111] Connection refused); put the four IDX .gz files (train-images-idx3-ubyte.gz, "
      "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) there, or pass --data-dir",
      {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}),
+    # a user's table
+    ("table-no-label", ["run", "--objective", "table", "--data-dir", "{w}/tables/good.csv"],
+     "good.csv needs --label COLUMN naming the column of classes; its columns: height_cm, weight_kg", {}),
+    ("table-label-missing", ["run", "--objective", "table", "--data-dir", "{w}/tables/good.csv", "--label", "kind"],
+     "good.csv has no column 'kind'; pass --label with the column of classes; its columns: height_cm", {}),
+    ("table-one-class", ["run", "--objective", "table", "--data-dir", "{w}/tables/one-class.csv", "--label",
+                         "species"], "label column 'species' holds one class ('setosa'); a classifier needs at least "
+     "two", {}),
+    ("table-junk", ["run", "--objective", "table", "--data-dir", "{w}/tables/junk.csv", "--label", "species"],
+     "column 'height_cm' holds numbers, but 'tall' on line 9 is not one; fix those cells or drop the column", {}),
+    ("table-empty-file", ["run", "--objective", "table", "--data-dir", "{w}/tables/empty.csv", "--label", "species"],
+     "empty.csv is empty; give a table with a header line and rows", {}),
+    ("table-nan", ["run", "--objective", "table", "--data-dir", "{w}/tables/gap.csv", "--label", "species"],
+     "column 'weight_kg' has 1 empty or NaN cells (the first on line 6); fill them or drop those rows", {}),
+    ("table-two-files", ["run", "--objective", "table", "--data-dir", "{w}/tables/two", "--label", "species"],
+     "holds 2 (a.csv, b.parquet) .csv or .parquet files; pass --data-dir naming one file", {}),
+    ("table-no-file", ["run", "--objective", "table", "--label", "species"],
+     "the table data set reads your own file; pass --data-dir FILE.csv", {}),
+    ("label-for-fashion", ["run", "--data-dir", "{data}", "--label", "species"],
+     "--label applies to the table data set, not fashion_mnist; drop --label (and SEARCH_LABEL)", {}),
     # the artifact directory
     ("artifacts-read-only", ["run", "--data-dir", "{data}", "--artifacts", "{w}/ro/art"],
      "cannot create the artifact directory", {}),

@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pandas
 
 from objectives.datasets import covtype, fashion_mnist
 
@@ -74,3 +75,31 @@ def write_covtype_sklearn_cache(data_home: Path, n: int = 1400) -> Path:
     joblib.dump(labels.astype(np.int32), data_home / covtype.SKLEARN_TARGETS, compress=9)
     return data_home
 
+
+def synthetic_table(n: int = 600, seed: int = 5) -> pandas.DataFrame:
+    """A user's table: numbers on different scales, a text column, a true/false column and
+    a text label that depends on all three (learnable in a few epochs)."""
+    rng = np.random.default_rng(seed)
+    species = np.array(["setosa", "versicolor", "virginica"])[rng.integers(0, 3, size=n)]
+    colour = np.where(species == "virginica", "blue", rng.choice(["red", "green"], size=n))
+    index = {"setosa": 0, "versicolor": 1, "virginica": 2}
+    classes = np.array([index[value] for value in species])
+    return pandas.DataFrame({
+        "height_cm": np.round(150 + 15 * classes + rng.normal(0, 3, size=n), 1),
+        "weight_kg": np.round(50 + 10 * (classes == 1) + rng.normal(0, 2, size=n), 2),
+        "colour": colour,
+        "count": rng.integers(0, 1000, size=n),
+        "outdoor": rng.random(size=n) < 0.5,
+        "species": species,
+    })
+
+
+def write_table(directory: Path, name: str = "plants.csv", n: int = 600) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    table = synthetic_table(n)
+    path = directory / name
+    if name.endswith(".parquet"):
+        table.to_parquet(path, index=False)
+    else:
+        table.to_csv(path, index=False)
+    return path
