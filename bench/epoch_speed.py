@@ -2,7 +2,7 @@
 
 Both train the same 784-300-100-10 MLP with SGD on the 55,000 training images of real
 Fashion-MNIST at the same batch size. The tutorial loop is torchvision's dataset, a
-``DataLoader`` and v2 ``ToImage``/``ToDtype`` transforms; ours is ``objectives.trainer``.
+``DataLoader`` and v2 ``ToImage``/``ToDtype`` transforms; ours is ``objectives.training.trainer``.
 Prints per-batch-size epoch times, the speed-up ratio, and the FLOP floor: 6 x parameters
 x samples divided by the matmul rate measured here on the model's own layer shapes.
 The two loops run in interleaved rounds (one tutorial epoch, then our best of three) and

@@ -79,7 +79,7 @@ class Recorder(EpochHooks):
                   train_loss: float, last: bool) -> None:
         self.losses.setdefault(trial.number, []).append(train_loss)
         buffer = io.BytesIO()
-        torch.save(trainer.state_dict(), buffer)  # as search.artifacts.write_atomically does
+        torch.save(trainer.state_dict(), buffer)  # as search.artifacts.ArtifactStore.save_checkpoint does
         self.checkpoints[trial.number] = buffer.getvalue()
 
     def finished(self, trial: optuna.Trial, trainer: Trainer, val_accuracy: float) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import warnings
 from collections.abc import Sequence
 
-from search.cli import options, settings
+from search.cli import options
 from search.cli.parser import DATA_OPTION_COMMANDS, build_parser
 from search.errors import SearchError, UserError
 from search.worker.signals import WorkerStopped, silence_stdout
@@ -45,6 +46,8 @@ def exit_status(error: BaseException) -> int | None:
 
 def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     """Run the command with its settings, each resolved once."""
+    from search.cli import settings  # the storage's modules: after a usage error, none is loaded
+
     options.resolve(args)
     command = args.command
     if command == "evaluate":
@@ -87,14 +90,26 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """The parsed command line, and the names of the data sets' own options it has."""
+    parser, data_options = build_parser(), []
     command = next((word for word in argv if not word.startswith("-")), None)
-    data_options = []
-    if command in DATA_OPTION_COMMANDS:
+    if command in DATA_OPTION_COMMANDS and may_name_data_options(parser, argv, command):
         from objectives.datasets import options as dataset_options  # imports every data set (torch)
 
         data_options = dataset_options()
-    args = build_parser(data_options).parse_args(argv)
-    return args, [option.name for option in data_options]
+        parser = build_parser(data_options)
+    return parser.parse_args(argv), [option.name for option in data_options]
+
+
+def may_name_data_options(parser: argparse.ArgumentParser, argv: Sequence[str], command: str) -> bool:
+    """Whether ``argv`` or the environment may hold a data set's own option (``--label``,
+    ``SEARCH_LABEL``), or asks for help: only then are the data sets imported to learn their
+    options (torch, pandas: seconds), so a mistyped number fails at once."""
+    if "-h" in argv or "--help" in argv:
+        return True
+    if parser.parse_known_args(argv)[1]:
+        return True
+    known = {source.variable for source in options.FROM_ENV[command].values()}
+    return any(name.startswith("SEARCH_") and name.removesuffix("_FILE") not in known for name in os.environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 from objectives.errors import UnknownDataset
 from search.cli.parser import dataset_choices
 from search.errors import UserError
-from search.storage import parse_url
+from search.storage.url import parse_url
 from search.study.spec import StudyRequest
 from search.worker.config import WorkerConfig
 

@@ -15,7 +15,7 @@ no public call does the job:
 * ``optuna.Trial(study, trial_id)``: ``Study.ask`` builds its trial this way after
   popping a WAITING trial or creating one; ``claim`` does that step itself (below), so
   it builds the trial the same way. ``study._storage`` there is the worker's
-  ``ResilientStorage``, told which trial it now runs (``search.own_trials``).
+  ``ResilientStorage``, told which trial it now runs (``search.storage.own_trials``).
 * ``RDBStorage._get_trials(study_id, states, included_ids, greater_than)``: reads only
   new trials and the given ones: the unfinished trials whose state changed, found by one
   query on the trials table (``changed_trials``); the public ``get_all_trials`` reads,
@@ -82,7 +82,7 @@ def cached(rdb: RDBStorage) -> optuna.storages.BaseStorage:
 
 def open_trial(study: optuna.Study, claimed_id: int, claimed: FrozenTrial | None = None) -> optuna.Trial:
     """The ``Trial`` of a claimed trial; ``claimed`` is that trial as just read, which the
-    storage then keeps up to date in memory (``search.own_trials``)."""
+    storage then keeps up to date in memory (``search.storage.own_trials``)."""
     if claimed is not None:
         study._storage.own.adopt(claimed_id, study._study_id, claimed)
     return optuna.Trial(study, claimed_id)
