@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
+from datetime import datetime
 
 import optuna
 from optuna.trial import TrialState
@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL
 
 from search import keys
 from search.storage import open_storage
-from search.storage.optuna_adapter import Progress
+from search.storage.optuna_adapter import Progress, database_now
 from search.study.join import load_existing
 from search.study.pruner import study_pruner
 from search.wording import counted, format_params
@@ -20,11 +20,12 @@ from search.wording import counted, format_params
 def status(storage: URL, study_name: str | None) -> int:
     opened = open_storage(storage, writable=False)
     study = load_existing(opened, study_name)
-    print(study_report(study, opened.slots(study).progress()))
+    print(study_report(study, opened.slots(study).progress(), database_now(opened.rdb.engine)))
     return 0
 
 
-def study_report(study: optuna.Study, progress: Progress) -> str:
+def study_report(study: optuna.Study, progress: Progress, now: datetime) -> str:
+    """The study's table; ``now`` by the clock trials are timed by (the database's)."""
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs
     epochs = attrs.get(keys.EPOCHS, "?")
@@ -52,7 +53,7 @@ def study_report(study: optuna.Study, progress: Progress) -> str:
             steps = trial.intermediate_values
             epoch = max(steps) if steps else 0
             last = f"{steps[epoch]:.2%}" if steps else "-"
-            age = time.time() - trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+            age = max(0.0, (now - trial.datetime_start).total_seconds()) if trial.datetime_start else 0.0
             lines.append(f"{trial.number:>9}  {epoch:>3}/{epochs!s:<3}  {last:>12}  "
                          f"{age:>6.0f}s  {trial.user_attrs.get(keys.WORKER, '?')}")
     failures = Counter(trial.user_attrs.get(keys.FAIL_REASON) for trial in trials

@@ -6,7 +6,8 @@
 * reads, and writes that are upserts (params, intermediate values, attrs): retried on
   connection loss for up to the reconnect patience; repeating them changes nothing;
 * finishing a trial (``set_trial_state_values``): after a lost reply the trial's state
-  is read back, and the write is repeated only if it did not happen;
+  is read back, and the write is repeated only if it did not happen; a worker's own
+  trial ends by the database's clock (``optuna_adapter.finish_own``);
 * creating a study: after a lost reply its name is looked up first;
 * creating or deleting trials and studies otherwise: never repeated (this project's own
   trial creation goes through ``optuna_adapter.Slots``, which is safe to repeat).
@@ -178,9 +179,15 @@ class ResilientStorage(BaseStorage):
             if stored.state.is_finished():
                 raise UpdateFinishedTrialError(f"trial {stored.number} is already {stored.state.name}")
             return None
-        if self.own.owns(trial_id) and self.own.pending.get(trial_id):
-            self._write_own(trial_id, optuna_adapter.OwnWrite())
-        done = self._retry(lambda: self.cache.set_trial_state_values(trial_id, state, values), resolve)
+        if self.own.owns(trial_id):
+            if self.own.pending.get(trial_id):
+                self._write_own(trial_id, optuna_adapter.OwnWrite())
+            finish = lambda: optuna_adapter.finish_own(self.transactions, trial_id, state,  # noqa: E731
+                                                       None if values is None else list(values))
+            self._retry(finish, resolve)
+            done = True
+        else:
+            done = self._retry(lambda: self.cache.set_trial_state_values(trial_id, state, values), resolve)
         if state.is_finished():
             self.own.finished(trial_id, state, None if values is None else list(values))
         return done

@@ -29,7 +29,9 @@ def slot_time(trial: FrozenTrial, by_number: dict[int, FrozenTrial]) -> tuple[fl
     ``retry_history`` lists them."""
     numbers = {*trial.system_attrs.get(keys.RETRY_HISTORY, []), trial.number}
     attempts = [by_number[number] for number in numbers if number in by_number]
-    seconds = [attempt.duration.total_seconds() for attempt in attempts if attempt.duration]
+    # Never negative: trials timed by different hosts' clocks (before they were timed by
+    # the database's) may end before they start.
+    seconds = [max(0.0, attempt.duration.total_seconds()) for attempt in attempts if attempt.duration]
     return (sum(seconds) if seconds else None), len(attempts)
 
 

@@ -46,6 +46,10 @@ no public call does the job:
     an intermediate value) in one transaction; ``RDBStorage`` takes one per item, with
     lookups, one of which grows with the study. ``TrialIntermediateValueModel`` gives
     Optuna's stored form of an intermediate value (inf, nan).
+  - ``finish_own``: a worker's trial ends as ``set_trial_state_values`` ends it, but timed
+    by the database's clock, which timed its start too: ``RDBStorage`` writes the end by
+    the finishing host's clock, and hosts' clocks disagree (``TrialValueModel`` gives the
+    stored form of a value). ``database_now`` reads that clock, for ``status``.
   - ``unregister_artifact``: Optuna lists artifacts in trial system attrs and has no call
     to remove an entry; weights deleted by ``--keep-best`` must leave the dashboard's
     list too. ``register_artifact`` writes the same entry ``upload_artifact`` does, but
@@ -65,15 +69,16 @@ from optuna.trial import FrozenTrial
 
 from search import keys
 from search.storage.optuna_adapter.schema import (
-    SCHEMA_VERSION, create_indexes, has_indexes, schema_state, study_id, trial_id,
+    SCHEMA_VERSION, create_indexes, database_now, has_indexes, schema_state, study_id, trial_id,
 )
 from search.storage.optuna_adapter.slots import MAX_CRASHES, Progress, References, Retrying, Slots
 from search.storage.optuna_adapter.tpe import STOCK_LOG_NDTR, StudyView, changed_trials, faster_tpe, log_ndtr
-from search.storage.optuna_adapter.writes import OwnWrite, write_own
+from search.storage.optuna_adapter.writes import OwnWrite, finish_own, write_own
 
 __all__ = ["MAX_CRASHES", "SCHEMA_VERSION", "STOCK_LOG_NDTR", "OwnWrite", "Progress", "References", "Retrying",
-           "Slots", "StudyView", "cached", "changed_trials", "create_indexes", "faster_tpe", "has_indexes",
-           "log_ndtr", "open_trial", "register_artifact", "schema_state", "study_id", "trial_id", "write_own"]
+           "Slots", "StudyView", "cached", "changed_trials", "create_indexes", "database_now", "faster_tpe",
+           "finish_own", "has_indexes", "log_ndtr", "open_trial", "register_artifact", "schema_state", "study_id",
+           "trial_id", "write_own"]
 
 
 def cached(rdb: RDBStorage) -> optuna.storages.BaseStorage:

@@ -33,6 +33,8 @@ user_attrs = sa.Table("trial_user_attributes", _meta, sa.Column("trial_id", sa.I
                       sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
 system_attrs = sa.Table("trial_system_attributes", _meta, sa.Column("trial_id", sa.Integer),
                         sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
+values = sa.Table("trial_values", _meta, sa.Column("trial_id", sa.Integer), sa.Column("objective", sa.Integer),
+                  sa.Column("value", sa.Float), sa.Column("value_type", sa.String))
 intermediate = sa.Table("trial_intermediate_values", _meta, sa.Column("trial_id", sa.Integer),
                         sa.Column("step", sa.Integer), sa.Column("intermediate_value", sa.Float),
                         sa.Column("intermediate_value_type", sa.String))
@@ -55,13 +57,14 @@ OPTUNA_TABLES = {"studies", "study_directions", "study_user_attributes", "study_
 
 
 def schema_state(engine: sa.Engine, described: str) -> str:
-    """"empty" (no Optuna tables yet), "partial" (some, all Optuna's) or "optuna" (complete,
-    schema version checked); a database whose tables clash with Optuna's is refused, naming
-    it as ``described``."""
+    """"blank" (no tables at all: a new database), "empty" (no Optuna tables), "partial"
+    (some, all Optuna's) or "optuna" (complete, schema version checked); a database whose
+    tables clash with Optuna's is refused, naming it as ``described``."""
     inspector = sa.inspect(engine)
-    present = set(inspector.get_table_names()) & OPTUNA_TABLES
+    tables = set(inspector.get_table_names())
+    present = tables & OPTUNA_TABLES
     if not present:
-        return "empty"
+        return "empty" if tables else "blank"
     for table in present & {"studies", "trials", "version_info"}:
         expected = set(_meta.tables[table].columns.keys())
         if not expected <= {column["name"] for column in inspector.get_columns(table)}:
@@ -79,6 +82,23 @@ def schema_state(engine: sa.Engine, described: str) -> str:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)  # Optuna 5 stores naive UTC
+
+
+def _now(connection: sa.Connection) -> Any:
+    """When a trial starts or ends, by one clock for every host: PostgreSQL's (naive UTC,
+    as Optuna stores times). Workers on hosts whose clocks disagree would otherwise write
+    a start by one clock and an end by another (a trial that ends before it starts).
+    SQLite serves the processes of one host: its clock."""
+    if connection.dialect.name == "postgresql":
+        return sa.func.timezone("UTC", sa.func.now())
+    return _utcnow()
+
+
+def database_now(engine: sa.Engine) -> datetime:
+    """The clock trials are timed by (``_now``), read."""
+    with engine.connect() as connection:
+        now = _now(connection)
+        return now if isinstance(now, datetime) else connection.execute(sa.select(now)).scalar()
 
 
 def _insert(connection: sa.Connection) -> Any:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search import keys
 from search.storage.optuna_adapter.schema import (
-    _insert, _set_attrs, _utcnow, heartbeats, intermediate, params, studies, study_system_attrs, study_user_attrs,
+    _insert, _now, _set_attrs, heartbeats, intermediate, params, studies, study_system_attrs, study_user_attrs,
     system_attrs, trials, user_attrs,
 )
 
@@ -118,7 +118,7 @@ class Slots:
                     .order_by(trials.c.trial_id).limit(1).with_for_update(skip_locked=True)).scalar()
                 if claimed is not None:
                     connection.execute(trials.update().where(trials.c.trial_id == claimed).values(
-                        state=TrialState.RUNNING, datetime_start=_utcnow()))
+                        state=TrialState.RUNNING, datetime_start=_now(connection)))
                 else:
                     self._lock_study(connection)
                     budget = self._budget(connection)
@@ -128,7 +128,7 @@ class Slots:
                     used = self._count(connection) - self._continued(connection)
                     if budget is None or used >= budget:
                         return None
-                    claimed = self._new_trial(connection, TrialState.RUNNING, start=_utcnow())
+                    claimed = self._new_trial(connection, TrialState.RUNNING, start=_now(connection))
                 upsert = _insert(connection)(heartbeats).values(trial_id=claimed, heartbeat=sa.func.now())
                 connection.execute(upsert.on_conflict_do_update(index_elements=["trial_id"],
                                                                 set_={"heartbeat": sa.func.now()}))
@@ -168,7 +168,7 @@ class Slots:
                         system_attrs.c.trial_id == failed_id))}
                 crashes = int(attrs.get(keys.CRASHES, 0)) + (cause == keys.FailCause.STALE)
                 connection.execute(trials.update().where(trials.c.trial_id == failed_id).values(
-                    state=TrialState.FAIL, datetime_complete=_utcnow()))
+                    state=TrialState.FAIL, datetime_complete=_now(connection)))
                 # Weights listed just before the worker died: unlisted here, their file is swept.
                 connection.execute(system_attrs.delete().where(
                     system_attrs.c.trial_id == failed_id, system_attrs.c.key.startswith(keys.ARTIFACTS_PREFIX),
@@ -200,7 +200,7 @@ class Slots:
                 stale = connection.execute(sa.select(trials.c.trial_id, trials.c.number).where(
                     trials.c.study_id == self.study_id, trials.c.state == TrialState.RUNNING,
                     sa.or_(beaten.scalar_subquery() < cutoff,
-                           ~sa.exists(beaten) & (trials.c.datetime_start < _utcnow() - timedelta(seconds=grace_s))),
+                           ~sa.exists(beaten) & (trials.c.datetime_start < _now(connection) - timedelta(seconds=grace_s))),
                 )).all()
             return cutoff, [tuple(row) for row in stale]
 
@@ -281,7 +281,7 @@ class Slots:
         _set_attrs(connection, study_system_attrs, self.study_id, {keys.CONTINUED_COUNT: counted})
         return counted
 
-    def _new_trial(self, connection: sa.Connection, state: TrialState, start: datetime | None = None) -> int:
+    def _new_trial(self, connection: sa.Connection, state: TrialState, start: Any = None) -> int:
         number = self._count(connection)
         return connection.execute(trials.insert().values(number=number, study_id=self.study_id, state=state,
                                                          datetime_start=start).returning(trials.c.trial_id)).scalar()

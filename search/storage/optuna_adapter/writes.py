@@ -9,9 +9,12 @@ import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._rdb.models import TrialIntermediateValueModel
+from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
+from optuna.trial import TrialState
 
-from search.storage.optuna_adapter.schema import _insert, _set_attrs, intermediate, params, system_attrs, trials, user_attrs
+from search.storage.optuna_adapter.schema import (
+    _insert, _now, _set_attrs, intermediate, params, system_attrs, trials, user_attrs, values,
+)
 
 
 @dataclass
@@ -25,6 +28,35 @@ class OwnWrite:
     step: tuple[int, float] | None = None
 
 
+def _running(connection: sa.Connection, trial_id_: int, lock: bool = False) -> Any:
+    """The trial's row; a finished trial is refused, as Optuna refuses it."""
+    query = sa.select(trials.c.state, trials.c.study_id).where(trials.c.trial_id == trial_id_)
+    row = connection.execute(query.with_for_update() if lock else query).first()
+    if row is None:
+        raise KeyError(f"no trial with id {trial_id_}")
+    if row.state.is_finished():
+        raise UpdateFinishedTrialError(f"trial id {trial_id_} is already {row.state.name}")
+    return row
+
+
+def finish_own(engine: sa.Engine, trial_id_: int, state: TrialState, result: list[float] | None) -> None:
+    """A worker's running trial ends: what ``RDBStorage.set_trial_state_values`` writes (its
+    values, state and end), in one transaction, but the end by the database's clock, which
+    also timed its start (``schema._now``). Safe to repeat after a lost reply: a finished
+    trial is refused, and the caller reads back whether it finished."""
+    with engine.begin() as connection:
+        _running(connection, trial_id_, lock=True)
+        for objective, value in enumerate(result or []):
+            stored, kind = TrialValueModel.value_to_stored_repr(value)
+            upsert = _insert(connection)(values).values(trial_id=trial_id_, objective=objective, value=stored,
+                                                        value_type=kind.name)
+            connection.execute(upsert.on_conflict_do_update(
+                index_elements=["trial_id", "objective"],
+                set_={"value": upsert.excluded.value, "value_type": upsert.excluded.value_type}))
+        connection.execute(trials.update().where(trials.c.trial_id == trial_id_).values(
+            state=state, datetime_complete=_now(connection) if state.is_finished() else None))
+
+
 def write_own(engine: sa.Engine, trial_id_: int, write: OwnWrite) -> dict[str, BaseDistribution]:
     """One transaction for what ``RDBStorage`` writes in one each, every one with lookups:
     parameters (whose distribution check against the study's earlier trials reads a table
@@ -33,12 +65,7 @@ def write_own(engine: sa.Engine, trial_id_: int, write: OwnWrite) -> dict[str, B
     study's earlier trials had (``known``, else the first stored row of that name). Safe to
     repeat after a lost reply (upserts). Returns the distributions now known."""
     with engine.begin() as connection:
-        row = connection.execute(sa.select(trials.c.state, trials.c.study_id).where(
-            trials.c.trial_id == trial_id_)).first()
-        if row is None:
-            raise KeyError(f"no trial with id {trial_id_}")
-        if row.state.is_finished():
-            raise UpdateFinishedTrialError(f"trial id {trial_id_} is already {row.state.name}")
+        row = _running(connection, trial_id_)
         known = dict(write.known)
         for name, _, distribution in write.params:
             if name not in known:
