@@ -121,8 +121,10 @@ def fill(directory: Path) -> None:
         pass
 
 
-def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iterator[tuple[Path, dict, list]]:
-    """Everything the rows point at, built once; every row must leave it as it found it."""
+def build_world(w: Path, postgres, s3, fashion_dir: Path, covtype_dir: Path) -> Iterator[tuple[Path, dict, list]]:
+    """Everything the rows point at, built once; every row must leave it as it found it.
+    Yields the world's directory, the places the rows name, and the databases and buckets
+    (as ``(server, bucket)``) a row must not change."""
     (w / "cwd").mkdir()
     db = f"sqlite:///{w / 'ready.db'}"
     done = run_search("run", "--storage", db, "--study", "ready", "--data-dir", str(fashion_dir), "--artifacts",
@@ -208,15 +210,29 @@ def build_world(w: Path, postgres, fashion_dir: Path, covtype_dir: Path) -> Iter
     admin.dispose()
     with sqlalchemy.create_engine(postgres.url(), isolation_level="AUTOCOMMIT").connect() as connection:
         connection.execute(sqlalchemy.text("DROP ROLE IF EXISTS nocreate; CREATE ROLE nocreate LOGIN"))
+    # An object store: a study whose weights are in a bucket, and users who may not write.
+    bucket = s3.new_bucket()
+    done = run_search("run", "--storage", f"sqlite:///{w / 'bucket.db'}", "--study", "ready", "--data-dir",
+                      str(fashion_dir), "--artifacts", f"s3://{bucket}/ready", "--n-trials", "1", "--epochs", "1",
+                      "--device", "cpu", cwd=w, env=s3.env())
+    assert done.returncode == 0, done.stderr
     listener = socket.create_server(("127.0.0.1", 0))
+    writer, reader = s3.env("writer"), s3.env("reader")
     places = {"w": str(w), "db": db, "data": str(fashion_dir), "cov": str(covtype_dir),
               "art": str(w / "artifacts"), "pgforeign": pg_foreign,
               "pgnocreate": pg_plain.replace("postgres@", "nocreate@"),
               "closed": f"postgresql://postgres@127.0.0.1:{free_port()}/db", "taken": str(listener.getsockname()[1]),
-              "free": str(free_port())}
+              "free": str(free_port()), "bucket": bucket, "endpoint": s3.endpoint,
+              "writer": writer["AWS_ACCESS_KEY_ID"], "writer_secret": writer["AWS_SECRET_ACCESS_KEY"],
+              "reader": reader["AWS_ACCESS_KEY_ID"], "reader_secret": reader["AWS_SECRET_ACCESS_KEY"]}
     with mounts, listener:
-        yield w, places, [pg_foreign, pg_plain]
+        yield w, places, [pg_foreign, pg_plain, (s3, bucket)]
 
+
+# The object store's settings, as a user sets them (the keys moto gave each user).
+WRITER = {"AWS_ENDPOINT_URL": "{endpoint}", "AWS_ACCESS_KEY_ID": "{writer}", "AWS_SECRET_ACCESS_KEY": "{writer_secret}",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+READER = {**WRITER, "AWS_ACCESS_KEY_ID": "{reader}", "AWS_SECRET_ACCESS_KEY": "{reader_secret}"}
 
 # (id, argv, what the one line must say, extra environment)
 ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
@@ -390,6 +406,24 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("evaluate-metadata-type", ["evaluate", "{w}/metatype.pt"], "'class_names' is a int", {}),
     ("evaluate-width", ["evaluate", "{w}/width.pt", "--data-dir", "{data}"], "the model takes 54 inputs", {}),
     ("evaluate-objective", ["evaluate", "{w}/unknownobjective.pt"], "names objective 'imagenet'", {}),
+    # the object store
+    ("s3-no-bucket", ["run", "--data-dir", "{data}", "--artifacts", "s3://"], "--artifacts 's3://' names no bucket; "
+     "use s3://BUCKET or s3://BUCKET/PREFIX", {}),
+    ("s3-unreachable", ["run", "--data-dir", "{data}", "--artifacts", "s3://{bucket}/new"], "cannot reach the object "
+     "store: s3://{bucket}/new (at http://127.0.0.1:{free})", {**WRITER, "AWS_ENDPOINT_URL": "http://127.0.0.1:{free}"}),
+    ("s3-bad-credentials", ["run", "--data-dir", "{data}", "--artifacts", "s3://{bucket}/new"], "check the credentials "
+     "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)",
+     {**WRITER, "AWS_ACCESS_KEY_ID": "AKIANOSUCHUSER000000"}),
+    ("s3-missing-bucket", ["run", "--data-dir", "{data}", "--artifacts", "s3://no-such-bucket-here/x"],
+     "create the bucket, or fix its name in --artifacts", WRITER),
+    ("s3-read-only-credentials", ["run", "--data-dir", "{data}", "--artifacts", "s3://{bucket}/new"],
+     "grant these credentials read and write on the bucket", READER),
+    ("s3-export-bad-credentials", ["best", "--storage", "sqlite:///{w}/bucket.db", "--artifacts", "s3://{bucket}/ready",
+                                   "--export", "{w}/new.pt"], "check AWS_ACCESS_KEY_ID",
+     {**WRITER, "AWS_ACCESS_KEY_ID": "AKIANOSUCHUSER000000"}),
+    ("s3-dashboard-unreachable", ["dashboard", "--storage", "{db}", "--artifacts", "s3://{bucket}/ready", "--port",
+                                  "{free}"], "cannot reach the object store", {**READER,
+                                                                               "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}),
     ("evaluate-class-names", ["evaluate", "{w}/classes.pt", "--data-dir", "{data}"], "its metadata names 3 classes, "
      "but the model has 10 outputs; the file was edited or mixes two models: export it again", {}),
     ("evaluate-missing", ["evaluate", "{w}/nope.pt"], "no such file", {}),

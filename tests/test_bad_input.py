@@ -33,19 +33,25 @@ from tests.support.workers import REPO, dashboard, run_search, search_env, wait_
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, postgres, fashion_dir, covtype_dir):
-    yield from build_world(tmp_path_factory.mktemp("world"), postgres, fashion_dir, covtype_dir)
+def world(tmp_path_factory, postgres, s3, fashion_dir, covtype_dir):
+    yield from build_world(tmp_path_factory.mktemp("world"), postgres, s3, fashion_dir, covtype_dir)
 
 
-def snapshot(world: Path, pg_urls: list[str]) -> dict[str, str]:
-    """Every file (and directory) under the world, by content; every PostgreSQL table, by rows."""
+def snapshot(world: Path, stores: list) -> dict[str, str]:
+    """Every file (and directory) under the world, by content; every PostgreSQL table, by
+    rows; every object of a bucket (``(server, name)``), by content."""
     state = {}
     for path in sorted(world.rglob("*")):
         if path.is_file():
             state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
         elif path.is_dir():
             state[str(path)] = "dir"
-    for url in pg_urls:
+    for server, bucket in [store for store in stores if isinstance(store, tuple)]:
+        client = server.client()
+        for key in sorted(server.objects(bucket)):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            state[f"s3://{bucket}/{key}"] = hashlib.sha256(body).hexdigest()
+    for url in [store for store in stores if isinstance(store, str)]:
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as connection:
             for table in sorted(sqlalchemy.inspect(connection).get_table_names()):

@@ -291,3 +291,31 @@ def test_a_full_artifact_directory_requeues_the_trial_and_stops_with_one_line(po
         assert not [p for p in artifacts.rglob("*") if p.is_file()]  # no partial file left behind
     finally:
         subprocess.run(["umount", "--lazy", str(artifacts)], check=False)
+
+
+def test_an_object_store_gone_longer_than_the_patience_stops_the_worker_and_requeues(s3, postgres, medium_fashion_dir,
+                                                                                   tmp_path):
+    """The store refuses connections from just after the first checkpoint on: the next
+    checkpoint is skipped with one warning, training goes on, and the final weights are
+    retried for --db-patience; then the worker ends with one line (exit 1), its trial
+    re-queued for another worker, as for a lost database."""
+    url, bucket = postgres.new_database(), s3.new_bucket()
+    create_slow_study(url, "gone", n_trials=1, epochs=3)
+    gate = FaultProxy(s3.port)
+    args = worker_args(url, "gone", medium_fashion_dir, f"s3://{bucket}/x", 1, 3, heartbeat=BEAT, grace=GRACE,
+                       extra=["--db-patience", "5"])
+    worker = start_worker(tmp_path / "w.log", *args, env=s3.env(endpoint=f"http://127.0.0.1:{gate.port}"))
+    try:
+        wait_until(lambda: running_with_checkpoint(url, "gone"), timeout=120)
+        gate.close()  # connections refused from now on: the store is down
+        assert worker.wait(timeout=180) == 1, logs([tmp_path / "w.log"])
+    finally:
+        gate.close()
+    log = (tmp_path / "w.log").read_text()
+    assert "checkpoint was not written (the artifact store is unavailable); training goes on" in log
+    errors = [line for line in log.splitlines() if line.startswith("search: error: ")]
+    assert len(errors) == 1 and "the artifact store was unavailable for 5 s" in errors[0], log
+    assert "re-queued for another worker: restart this worker once the store is back" in errors[0]
+    trials = optuna.load_study(study_name="gone", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].system_attrs[keys.FAIL_CAUSE] == "stopped"

@@ -1,13 +1,28 @@
 """The artifact store: checkpoints and final weights (``store``), their names and payloads
-(``formats``), files written whole (``files``), and where the bytes live (``directory``)."""
+(``formats``), files written whole (``files``), what can go wrong (``failures``), and
+where the bytes live: a directory (``directory``) or an S3 bucket (``bucket``)."""
 
-from search.artifacts.directory import ArtifactStoreError, Directory
-from search.artifacts.store import ArtifactStore
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from search.artifacts.bucket import SCHEME, Bucket
+from search.artifacts.directory import Directory
+from search.artifacts.failures import ArtifactStoreError, StoreLost, StoreUnavailable
+from search.artifacts.store import PATIENCE_S, ArtifactStore, Backend
 
 
-def open_store(location: str, token: str | None = None) -> ArtifactStore:
-    """The store at ``location`` (``--artifacts``): a directory."""
-    return ArtifactStore(Directory(location), token)
+def backend(location: str) -> Backend:
+    """Where ``--artifacts`` points: ``s3://BUCKET/PREFIX``, else a directory."""
+    return Bucket(location) if location.startswith(SCHEME) else Directory(location)
 
 
-__all__ = ["ArtifactStore", "ArtifactStoreError", "Directory", "open_store"]
+def open_store(location: str, token: str | None = None, patience: float = PATIENCE_S,
+               notify: Callable[[str], None] | None = None) -> ArtifactStore:
+    """The store at ``location``; one that is only read needs no ``token``."""
+    found = backend(location)
+    return ArtifactStore(found, token, patience) if notify is None else ArtifactStore(found, token, patience, notify)
+
+
+__all__ = ["ArtifactStore", "ArtifactStoreError", "Backend", "Bucket", "Directory", "StoreLost", "StoreUnavailable",
+           "backend", "open_store"]

@@ -10,13 +10,9 @@ from pathlib import Path
 
 from optuna.artifacts import FileSystemArtifactStore
 
+from search.artifacts.failures import ArtifactStoreError
 from search.artifacts.files import write_atomically
 from search.artifacts.formats import CHECKPOINTS
-from search.errors import UserError
-
-
-class ArtifactStoreError(UserError):
-    """The artifact store cannot be written (full, read-only, gone)."""
 
 
 class Directory:
@@ -27,9 +23,15 @@ class Directory:
         self.location = str(self.root)
         self.optuna = FileSystemArtifactStore(str(self.root))  # what optuna-dashboard reads
 
-    def check(self) -> None:
+    def where(self) -> str:
+        return f"the artifact directory {self.root}"
+
+    def check(self, writable: bool = True) -> None:
         """Prove the directory writable (or creatable) before anything is written anywhere;
-        ``create`` makes it once the study is joined."""
+        ``create`` makes it once the study is joined. Reading needs nothing checked: a
+        missing file is said when it is asked for."""
+        if not writable:
+            return
         if self.root.exists() and not self.root.is_dir():
             raise ArtifactStoreError(f"cannot create the artifact directory {self.root}: it is a file; "
                                      f"pass --artifacts with a directory")

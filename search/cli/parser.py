@@ -63,7 +63,8 @@ def add_work(commands: argparse._SubParsersAction, name: str, help_text: str, da
         "seconds between a running trial's heartbeats", convert=options.seconds, default=10)
     add(command, name, "--grace-period", "GRACE_PERIOD", "a trial whose heartbeat is older than this many "
         "seconds is failed and retried", convert=options.seconds, default=90)
-    add(command, name, "--db-patience", "DB_PATIENCE", "seconds to keep reconnecting to a lost database",
+    add(command, name, "--db-patience", "DB_PATIENCE", "seconds to keep reconnecting to a lost database (and "
+        "retrying an unavailable artifact store)",
         convert=options.seconds, default=300)
     add(command, name, "--keep-best", "KEEP_BEST", "keep final weights of only the best K trials",
         convert=options.positive_int, default=5)

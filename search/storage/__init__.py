@@ -7,8 +7,8 @@ Modules, innermost first: ``optuna_adapter`` (every private touch of Optuna), ``
 with a retry policy per method), ``opening`` (checks, then opens).
 """
 
-from search.storage.opening import open_storage
+from search.storage.opening import NoTablesYet, open_storage
 from search.storage.resilient import ResilientStorage
 from search.storage.url import describe, parse_url
 
-__all__ = ["ResilientStorage", "describe", "open_storage", "parse_url"]
+__all__ = ["NoTablesYet", "ResilientStorage", "describe", "open_storage", "parse_url"]

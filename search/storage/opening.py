@@ -19,6 +19,10 @@ from search.storage.resilient import ResilientStorage
 from search.storage.url import describe, is_sqlite, parse_url
 
 
+class NoTablesYet(UserError):
+    """A database with no tables at all: a new one, whose first worker has not started yet."""
+
+
 def sqlite_path(url: URL, writable: bool) -> Path | None:
     """The SQLite file, checked: None if it does not exist yet (and may be created)."""
     path = Path(url.database).expanduser()
@@ -69,10 +73,12 @@ def open_storage(url: URL | str, writable: bool = True, patience: float = RECONN
     kwargs = engine_kwargs(url, read_only=not writable)
     storage = ResilientStorage(policy, kwargs, writable, rdb=None)
     if not (is_sqlite(url) and sqlite_path(url, writable) is None):  # a new file: nothing to read yet
-        if check_reachable(url, kwargs) == "optuna":
+        state = check_reachable(url, kwargs)
+        if state == "optuna":
             storage.attach(rdb_storage(url, kwargs, writable))
         elif not writable:
-            raise UserError(f"{describe(url)} holds no Optuna study storage (no tables); check --storage")
+            lacking = NoTablesYet if state == "blank" else UserError
+            raise lacking(f"{describe(url)} holds no Optuna study storage (no tables); check --storage")
     if writable and not deferred:
         storage.prepare()
     return storage

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import optuna
 
-from search.artifacts import ArtifactStore, Directory
+from search.artifacts import ArtifactStore
+from search.artifacts import backend as artifact_backend
 from search.storage import ResilientStorage, open_storage
 from search.study.compatibility import check_compatible, check_same_data, study_space
 from search.study.history import History
@@ -52,7 +53,7 @@ def assemble(config: WorkerConfig, request: StudyRequest, say: Callable[[str], N
     spec = replace(spec, data=workload.check(spec))
     if existing is not None:
         check_same_data(existing, spec, config.data_dir)
-    backend = Directory(config.artifacts)
+    backend = artifact_backend(config.artifacts)
     backend.check()
 
     study, index, token = join_study(storage, spec)  # the first write (a new storage's tables)
@@ -62,7 +63,7 @@ def assemble(config: WorkerConfig, request: StudyRequest, say: Callable[[str], N
     study.sampler = BoundedSampler.for_worker(history, worker_seed(config.seed, index))
     pruner = study_pruner(study)  # what every worker of the study prunes with
     study.pruner = make_pruner(pruner, spec.epochs, history)
-    store = ArtifactStore(backend, token)
+    store = ArtifactStore(backend, token, config.db_patience, voice)
     objective = workload.objective(Joined(index, spec, study_space(study), store, voice))
     return Worker(config=config, spec=spec, storage=storage, study=study, slots=storage.slots(study), index=index,
                   store=store, history=history, pruner=pruner, objective=objective, device=workload.device,

@@ -22,7 +22,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search import keys
-from search.artifacts import ArtifactStoreError
+from search.artifacts import ArtifactStoreError, StoreLost
 from search.errors import SearchError
 from search.storage import optuna_adapter
 from search.wording import counted
@@ -136,7 +136,7 @@ class Worker:
                 # to fail this trial and queue its retry: that retry owns it now.
                 self.say(f"{name} was taken over by a retry after missed heartbeats; dropping it")
                 return
-            except (WorkerStopped, ArtifactStoreError) as stop:
+            except (WorkerStopped, ArtifactStoreError, StoreLost) as stop:
                 with self.signals.deferred():
                     successor = self.slots.requeue(claimed, keys.FailCause.STOPPED)
                 if successor is not None:

@@ -24,7 +24,8 @@ SLOW_PARAMS = {"n_layers": 2, "n_units_l0": 1024, "n_units_l1": 1024, "activatio
 
 
 def search_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SEARCH_")}
+    # Hermetic: no search settings, and no object store credentials, from the machine.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SEARCH_", "AWS_"))}
     # Several workers share two cores: one intra-op thread each avoids oversubscription.
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     return env
@@ -61,7 +62,7 @@ def create_slow_study(url: str, name: str, n_trials: int, epochs: int) -> None:
         study.enqueue_trial(SLOW_PARAMS)
 
 
-def worker_args(storage: str, study: str, data_dir: Path, artifacts: Path, n_trials: int, epochs: int,
+def worker_args(storage: str, study: str, data_dir: Path, artifacts: Path | str, n_trials: int, epochs: int,
                 heartbeat: float = 2, grace: float | None = None, extra: Sequence[str] = ()) -> list[str]:
     """Tests use short heartbeats; the grace period defaults to three of them."""
     return ["--storage", storage, "--study", study, "--objective", "fashion_mnist",
@@ -107,14 +108,16 @@ def system_attrs(storage: str, study: str) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def dashboard(storage: str, artifacts: Path, cwd: Path) -> Iterator[Callable[[str], bytes]]:
+def dashboard(storage: str, artifacts: Path | str, cwd: Path,
+              env: dict[str, str] | None = None) -> Iterator[Callable[[str], bytes]]:
     """A running ``search dashboard``; yields ``get(path)``, the body of a 200 answer."""
     from tests.support.postgres import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", storage,
                                "--artifacts", str(artifacts), "--port", str(port)],
-                              env=search_env(), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env={**search_env(), **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
 
     def get(path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
