@@ -21,6 +21,7 @@ SUMMARIES = {
     "search_quality": "PASS",
     "search_efficiency": "trials completed",
     "chaos_soak": "PASS",
+    "multihost_soak": "PASS",
 }
 
 

@@ -35,6 +35,7 @@ REPLY_TIMEOUT_S = 30.0  # longer than LOCK_TIMEOUT_S: a lock wait is not a lost 
 LOCK_TIMEOUT_S = 15
 IDLE_IN_TRANSACTION_S = 60  # the server ends a transaction whose client went silent
 POOL_SIZE = 2  # the trial loop and its heartbeat thread
+TCP_USER_TIMEOUT_MS = 30_000
 
 
 class ReplyTimeout(psycopg2.OperationalError):
@@ -82,7 +83,14 @@ def postgres_connect_args() -> dict[str, Any]:
         "connect_timeout": CONNECT_TIMEOUT_S,
         # application_name shows each worker's connections in pg_stat_activity.
         "application_name": f"hpsearch/{os.getpid()}",
+        # A peer that vanished without a word (a host cut off, a firewall dropping packets)
+        # is noticed by the socket too, not only by a reply's timeout: an idle pooled
+        # connection after 30 + 3 x 10 s of unanswered keepalives, and one whose sent
+        # bytes go unacknowledged after TCP_USER_TIMEOUT_MS.
         "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
     }
 
 

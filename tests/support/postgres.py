@@ -32,8 +32,13 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """``host``: the address it listens on (a host of ``tests.support.hosts``, whose
+    ``command`` prefix is ``within``; it then trusts every client, as a test network's)."""
+
+    def __init__(self, host: str = "127.0.0.1", within: list[str] | None = None) -> None:
         self.bin = find_pg_bin()
+        self.host = host
+        self.within = within or []
         self.root = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
@@ -44,7 +49,7 @@ class PostgresServer:
 
     def command(self, *args: str) -> list[str]:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
-        return prefix + list(args)
+        return self.within + prefix + list(args)
 
     def run(self, *args: str) -> None:
         subprocess.run(self.command(*args), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -52,10 +57,13 @@ class PostgresServer:
     def start(self) -> None:
         self.run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
                  "--no-sync", "-E", "UTF8")
+        if self.host != "127.0.0.1":
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 trust\n")
         self.pg_ctl("start")
 
     def pg_ctl(self, action: str) -> None:
-        options = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c max_connections=100"
+        options = f"-p {self.port} -h {self.host} -k {self.root} -c fsync=off -c max_connections=100"
         self.run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
                  "-o", options, "-w", "-m", "fast", action)
 
@@ -69,7 +77,7 @@ class PostgresServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/{database}"
 
     def new_database(self) -> str:
         """A fresh, empty database; returns its URL."""

@@ -11,13 +11,18 @@
   next ``COMMIT`` and its reply go through, and then the partition starts: the client
   learns its transaction committed and hears nothing more (a host lost just after).
 * ``reset()``: close every connection at once.
+* ``delay``: every chunk forwarded waits that long first (a slow link: this kernel has no
+  netem). ``python -m tests.support.proxy PORT HOST:PORT --delay S`` runs one as a process,
+  e.g. inside another host's network namespace.
 """
 
 from __future__ import annotations
 
+import argparse
 import select
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 CHUNK = 65536
@@ -48,9 +53,11 @@ class _Link:
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", port: int = 0,
+                 delay: float = 0.0) -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", port))
         self.port = self.listener.getsockname()[1]
         self.flowing = threading.Event()
         self.flowing.set()
@@ -131,6 +138,8 @@ class FaultProxy:
                 data = source.recv(CHUNK)
                 if not data:
                     break
+                if self.delay:
+                    time.sleep(self.delay)
                 if from_client and self._inspect(link, data):
                     target.sendall(data)
                     if link.partition_on_reply:
@@ -158,3 +167,18 @@ class FaultProxy:
                 link.partition_on_reply = self.cut_partitions
                 return True
         return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a TCP proxy on 127.0.0.1 that delays what it forwards")
+    parser.add_argument("port", type=int)
+    parser.add_argument("upstream", help="HOST:PORT")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each forwarded chunk waits")
+    args = parser.parse_args()
+    host, _, port = args.upstream.rpartition(":")
+    FaultProxy(int(port), host, port=args.port, delay=args.delay)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
