@@ -30,7 +30,7 @@ from tests.kustomize import Unsupported, render
 K8S_VERSION = "1.31"
 
 KUBERNETES = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "rwx")
 Objects = dict[tuple[str, str], dict[str, Any]]
 
 
@@ -58,8 +58,8 @@ def workloads(objects: Objects) -> Objects:
 
 def test_every_object_validates(overlay: tuple[str, Objects]) -> None:
     _, objects = overlay
-    assert {kind for kind, _ in objects} >= {"Namespace", "Secret", "ConfigMap", "PersistentVolumeClaim",
-                                             "Service", "StatefulSet", "Deployment", "Job"}
+    assert {kind for kind, _ in objects} >= {"Namespace", "Secret", "ConfigMap", "Service", "StatefulSet",
+                                             "Deployment", "Job"}
     for obj in objects.values():
         validate(obj)
         if obj["kind"] != "Namespace":
@@ -84,7 +84,7 @@ def test_misspelt_field_fails_validation(key: tuple[str, str], path: list[Any], 
 
 def test_device_per_overlay(overlay: tuple[str, Objects]) -> None:
     name, objects = overlay
-    assert objects["ConfigMap", "hpsearch-study"]["data"]["SEARCH_DEVICE"] == {"cpu": "cpu", "gpu": "cuda"}[name]
+    assert objects["ConfigMap", "hpsearch-study"]["data"]["SEARCH_DEVICE"] == {"gpu": "cuda"}.get(name, "cpu")
     limits = worker(objects)["resources"]["limits"]
     tolerations = objects["Job", "worker"]["spec"]["template"]["spec"].get("tolerations", [])
     if name == "gpu":
@@ -108,18 +108,32 @@ def test_worker_job_stops_on_configuration_errors(overlay: tuple[str, Objects]) 
 
 
 def test_services_and_shared_artifacts(overlay: tuple[str, Objects]) -> None:
-    _, objects = overlay
+    """The default overlays keep artifacts in a bucket, from a Secret, and claim no
+    ReadWriteMany volume (most clusters' default storage class has none); overlays/rwx
+    mounts one instead."""
+    name, objects = overlay
     dashboard = objects["Service", "dashboard"]["spec"]
     assert dashboard["type"] == "ClusterIP" and dashboard["ports"][0]["port"] == 8080
     assert objects["Service", "pooler"]["spec"]["ports"][0]["port"] == 6432
-    assert objects["PersistentVolumeClaim", "hpsearch-artifacts"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    claims = {key[1]: obj["spec"]["accessModes"] for key, obj in objects.items() if key[0] == "PersistentVolumeClaim"}
+    store = objects["Secret", "hpsearch-artifacts"]["stringData"]
+    assert store["SEARCH_ARTIFACTS"].startswith("s3://") and {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= store.keys()
     for workload in ("Job", "worker"), ("Deployment", "dashboard"):
         pod = objects[workload]["spec"]["template"]["spec"]
-        volume = {v["name"]: v for v in pod["volumes"]}["artifacts"]
-        assert volume["persistentVolumeClaim"]["claimName"] == "hpsearch-artifacts"
         (container,) = pod["containers"]
-        assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["artifacts"] == "/artifacts"
-        assert {"name": "SEARCH_ARTIFACTS", "value": "/artifacts"} in container["env"]
+        assert {"secretRef": {"name": "hpsearch-artifacts"}} in container["envFrom"]
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+        if name == "rwx":
+            volume = {v["name"]: v for v in pod["volumes"]}["artifacts"]
+            assert volume["persistentVolumeClaim"]["claimName"] == "hpsearch-artifacts"
+            assert mounts["artifacts"] == "/artifacts"
+            assert {"name": "SEARCH_ARTIFACTS", "value": "/artifacts"} in container["env"]  # wins over envFrom
+        else:
+            assert "artifacts" not in mounts and "SEARCH_ARTIFACTS" not in {e["name"] for e in container["env"]}
+    if name == "rwx":
+        assert claims["hpsearch-artifacts"] == ["ReadWriteMany"]
+    else:
+        assert not [modes for modes in claims.values() if "ReadWriteMany" in modes]
 
 
 def test_references_resolve(overlay: tuple[str, Objects]) -> None:
@@ -135,7 +149,8 @@ def test_references_resolve(overlay: tuple[str, Objects]) -> None:
         for container in template["spec"]["containers"]:
             assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes.keys(), key
             for source in container.get("envFrom", []):
-                assert ("ConfigMap", source["configMapRef"]["name"]) in objects, key
+                ((kind, ref),) = source.items()
+                assert ({"configMapRef": "ConfigMap", "secretRef": "Secret"}[kind], ref["name"]) in objects, key
             for ref in [e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e]:
                 assert ref["key"] in objects["Secret", ref["name"]]["stringData"], key
     for (kind, name), service in objects.items():
