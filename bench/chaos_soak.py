@@ -32,6 +32,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from bench.soak import inject, report
 from search import keys
 from tests.support.postgres import PostgresServer
 from tests.support.proxy import FaultProxy
@@ -213,14 +214,7 @@ def main() -> None:
             menu = faults(server, proxy, fleet)
             if args.quick:
                 menu = {name: fault for name, fault in menu.items() if name in QUICK_FAULTS}
-            injected: collections.Counter[str] = collections.Counter()
-            end = time.monotonic() + 60 * args.minutes
-            while time.monotonic() + args.every[0] < end:
-                time.sleep(random.uniform(*args.every))
-                name = random.choice(list(menu))
-                print(f"{time.monotonic() - started:7.0f} s  {name}", flush=True)
-                menu[name]()
-                injected[name] += 1
+            injected = inject(menu, args.minutes, args.every, started)
             proxy.heal()
             # Close the budget at the slots opened so far, so the run ends soon.
             study = optuna.load_study(study_name=STUDY, storage=url)
@@ -235,15 +229,7 @@ def main() -> None:
             server.stop()
         print(f"\n== chaos soak: {args.minutes:g} min of faults, {args.workers} workers, {args.epochs} epochs/trial, "
               f"real Fashion-MNIST, {time.monotonic() - started:.0f} s in all")
-        print("faults injected:")
-        for name, count in injected.most_common():
-            print(f"  {count:4d}  {name}")
-        print("worker exits (restarted while the soak ran):")
-        for code, count in fleet.exits.most_common():
-            print(f"  {count:4d}  exit {code}")
-        print("result:")
-        for name, value in result.items():
-            print(f"  {value:>12,}  {name}")
+        report(injected, fleet.exits, result)
         print(f"  commits whose reply the proxy dropped: {proxy.cuts}")
         print(f"  artifact directory at the end: {result['weights kept']} weights files (bound: --keep-best "
               f"{KEEP_BEST}) and no checkpoint (bound: one per running trial, none running)")

@@ -41,6 +41,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives.datasets import fashion_mnist
+from bench.soak import inject, report
 from search import keys
 from tests.support.datafiles import write_fashion_mnist
 from tests.support.hosts import Host, Network
@@ -285,14 +286,7 @@ def main() -> None:
             peaks: dict[str, int] = {}
             threading.Thread(target=sample_bucket, args=(soak, stop_sampling, peaks), daemon=True).start()
             menu = faults(soak, fleet, args.quick)
-            injected: collections.Counter[str] = collections.Counter()
-            end = time.monotonic() + 60 * args.minutes
-            while time.monotonic() + args.every[0] < end:
-                time.sleep(random.uniform(*args.every))
-                name = random.choice(list(menu))
-                print(f"{time.monotonic() - started:7.0f} s  {name}", flush=True)
-                menu[name]()
-                injected[name] += 1
+            injected = inject(menu, args.minutes, args.every, started)
             for host in network.hosts.values():
                 host.heal()
             fleet.down.clear()
@@ -312,15 +306,7 @@ def main() -> None:
     print(f"\n== multi-host soak: {args.minutes:g} min of faults, {len(hosts)} worker hosts (clocks +10 min and "
           f"-10 min on {hosts[0].name} and {hosts[1].name}, a slow link on {slow.name}), {args.epochs} epochs/trial, "
           f"{'small synthetic' if args.quick else 'real'} Fashion-MNIST, {time.monotonic() - started:.0f} s in all")
-    print("faults injected:")
-    for name, count in injected.most_common():
-        print(f"  {count:4d}  {name}")
-    print("worker exits (restarted while the soak ran):")
-    for code, count in fleet.exits.most_common():
-        print(f"  {count:4d}  exit {code}")
-    print("result:")
-    for name, value in result.items():
-        print(f"  {value:>12,}  {name}")
+    report(injected, fleet.exits, result)
     print(f"  while running, sampled every 2 s: at most {peaks.get('weights', 0)} weights objects (bound: --keep-best "
           f"{KEEP_BEST}, plus one per worker for an instant); checkpoints beyond two per running trial: "
           f"{peaks.get('checkpoints beyond 2 per running trial', 0)}")

@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
 from search import keys
+from tests.support.postgres import free_port
 from tests.support.workers import (
     REPO, create_slow_study, dashboard, kill_a_checkpointed_trials_worker, logs, run_search, search_env, start_worker,
-    wait_all, worker_args,
+    wait_all, wait_until, worker_args,
 )
 
 PREFIX = "team/run-1"
@@ -121,3 +123,33 @@ def test_weights_a_worker_wrote_to_a_bucket_load_on_a_host_with_the_data_only(po
     evaluated = run_search("evaluate", str(export), "--data-dir", str(fashion_dir), "--json", cwd=tmp_path)
     assert json.loads(evaluated.stdout)["test_accuracy"] == torch.load(export, weights_only=True)["metadata"][
         "test_accuracy"]
+
+
+def test_a_dashboard_started_before_any_worker_waits_calmly_then_serves(postgres, s3, fashion_dir, tmp_path):
+    """As in a compose stack: the dashboard starts beside a new, empty database; it says once
+    that it waits for the study storage, and serves the study once a worker made it."""
+    url, bucket = postgres.new_database(), s3.new_bucket()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", url, "--artifacts",
+                               f"s3://{bucket}/x", "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**search_env(), **s3.env()})
+    try:
+        assert server.stdout.readline().startswith("waiting for the first worker to create the study storage in "
+                                                   "PostgreSQL at")
+        assert run_search("worker", *worker_args(url, "later", fashion_dir, f"s3://{bucket}/x", n_trials=1, epochs=1),
+                          cwd=tmp_path, env=s3.env()).returncode == 0
+        assert server.stdout.readline().startswith(f"optuna-dashboard on http://127.0.0.1:{port}/")
+        listed = wait_until(lambda: answer(f"http://127.0.0.1:{port}/api/studies"), timeout=60)
+        assert [summary["study_name"] for summary in json.loads(listed)["study_summaries"]] == ["later"]
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+    assert "error" not in errors
+
+
+def answer(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read()
+    except OSError:
+        return None

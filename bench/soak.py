@@ -1,0 +1,35 @@
+"""What the soaks share: faults drawn at random for a while, and the report of what they did."""
+
+from __future__ import annotations
+
+import collections
+import random
+import time
+from collections.abc import Callable, Mapping
+
+
+def inject(menu: Mapping[str, Callable[[], None]], minutes: float, every: tuple[float, float],
+           started: float) -> collections.Counter[str]:
+    """Every ``every`` seconds (drawn between the two), one fault of ``menu`` at random, for
+    ``minutes``; each is said as it starts. Returns how often each was injected."""
+    injected: collections.Counter[str] = collections.Counter()
+    end = time.monotonic() + 60 * minutes
+    while time.monotonic() + every[0] < end:
+        time.sleep(random.uniform(*every))
+        name = random.choice(list(menu))
+        print(f"{time.monotonic() - started:7.0f} s  {name}", flush=True)
+        menu[name]()
+        injected[name] += 1
+    return injected
+
+
+def report(injected: collections.Counter[str], exits: collections.Counter, result: Mapping[str, int]) -> None:
+    print("faults injected:")
+    for name, count in injected.most_common():
+        print(f"  {count:4d}  {name}")
+    print("worker exits (restarted while the soak ran):")
+    for code, count in exits.most_common():
+        print(f"  {count:4d}  exit {code}")
+    print("result:")
+    for name, value in result.items():
+        print(f"  {value:>12,}  {name}")
