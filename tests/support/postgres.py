@@ -35,10 +35,11 @@ class PostgresServer:
     """``host``: the address it listens on (a host of ``tests.support.hosts``, whose
     ``command`` prefix is ``within``; it then trusts every client, as a test network's)."""
 
-    def __init__(self, host: str = "127.0.0.1", within: list[str] | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", within: list[str] | None = None, settings: str = "") -> None:
         self.bin = find_pg_bin()
         self.host = host
         self.within = within or []
+        self.settings = settings  # more -c options for the server
         self.root = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
@@ -63,16 +64,32 @@ class PostgresServer:
         self.pg_ctl("start")
 
     def pg_ctl(self, action: str) -> None:
-        options = f"-p {self.port} -h {self.host} -k {self.root} -c fsync=off -c max_connections=100"
+        options = f"-p {self.port} -h {self.host} -k {self.root} -c fsync=off -c max_connections=100 {self.settings}"
         self.run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
                  "-o", options, "-w", "-m", "fast", action)
 
     def restart(self) -> None:
         self.pg_ctl("restart")
 
+    def start_standby_of(self, primary: PostgresServer) -> None:
+        """Start as a streaming standby of ``primary`` (a base backup, then replication)."""
+        self.run(str(self.bin / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port), "-U", "postgres",
+                 "-D", str(self.data), "-R", "-X", "stream", "--no-sync")
+        self.pg_ctl("start")
+
+    def kill(self) -> None:
+        """kill -9 the server (its postmaster: the backends notice and end)."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 9)
+
+    def promote(self) -> None:
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+
     def stop(self) -> None:
+        """Stop the server (if it runs: a killed one left only its pid file) and remove it."""
         try:
-            self.pg_ctl("stop")
+            subprocess.run(self.command(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"),
+                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
