@@ -22,6 +22,7 @@ SUMMARIES = {
     "search_efficiency": "trials completed",
     "chaos_soak": "PASS",
     "multihost_soak": "PASS",
+    "failover": "PASS: no told trial lost",
 }
 
 

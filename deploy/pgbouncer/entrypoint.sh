@@ -5,6 +5,7 @@
 #   DB_USER, DB_PASSWORD or DB_PASSWORD_FILE (a Docker/Kubernetes secret)
 #   SERVER_CONNECTIONS (40)          server connections per database: what PostgreSQL sees
 #   MAX_CLIENTS (2000)               worker connections the pooler accepts
+#   SERVER_LOGIN_RETRY (1)           seconds between logins to a lost server
 #
 # Transaction pooling: a server connection serves one transaction, then the next client's.
 # The workers are built for it: every transaction sets its own timeouts (SET LOCAL), and
@@ -38,6 +39,9 @@ default_pool_size = ${SERVER_CONNECTIONS:-40}
 max_db_connections = ${SERVER_CONNECTIONS:-40}
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
+# After the server is lost (a restart, a failover behind DB_HOST) retry its login every
+# second, not every 15 s (the default): bench/failover.py measures the difference.
+server_login_retry = ${SERVER_LOGIN_RETRY:-1}
 log_connections = 0
 log_disconnections = 0
 INI

@@ -21,7 +21,13 @@ from tests.support.postgres import PostgresServer, free_port
 
 
 class PgBouncer:
-    def __init__(self, server: PostgresServer, server_connections: int = 40, clients: int = 2000) -> None:
+    """``server``: what it connects to on 127.0.0.1 (a ``PostgresServer``, or a proxy in front
+    of one: anything with a ``port``). ``login_retry``: seconds it waits after a failed
+    server login before it tries again (``server_login_retry``: 1 as deploy/pgbouncer sets it;
+    PgBouncer's own default is 15)."""
+
+    def __init__(self, server: PostgresServer, server_connections: int = 40, clients: int = 2000,
+                 login_retry: int = 1) -> None:
         binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not Path(binary).exists():
             raise RuntimeError("pgbouncer not found: apt-get install pgbouncer")
@@ -50,6 +56,7 @@ default_pool_size = {server_connections}
 max_db_connections = {server_connections}
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
+server_login_retry = {login_retry}
 logfile = {self.root / "log"}
 """)
         self.process: subprocess.Popen | None = None
