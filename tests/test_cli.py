@@ -198,7 +198,7 @@ def test_status_and_report_load_no_torch(tmp_path):
     study.set_user_attr(keys.EPOCHS, 1)
     study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions={
         "x": optuna.distributions.FloatDistribution(0, 1)}, value=0.5, intermediate_values={1: 0.5}))
-    for command in (["status"], ["report", "--out", str(tmp_path / "report")]):
+    for command in (["status"], ["best"], ["best", "--json"], ["report", "--out", str(tmp_path / "report")]):
         probe = ("import sys; from search.cli import main; code = main(sys.argv[1:]); "
                  "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
         done = subprocess.run([sys.executable, "-c", probe, *command, "--storage", storage], capture_output=True,

@@ -9,12 +9,14 @@ what ended the command (``exit_status``).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from search.cli import options
 from search.cli.parser import DATA_OPTION_COMMANDS, build_parser
@@ -73,7 +75,7 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     if command == "dashboard":
         from search.commands.dashboard import dashboard
 
-        return dashboard(url, args.artifacts, args.host, args.port)
+        return dashboard(url, args.artifacts, args.host, args.port, args.view_trials)
     if command == "best":
         if args.retrain and args.export is None:
             raise UserError("--retrain needs somewhere to write the retrained model; add --export PATH")
@@ -110,6 +112,15 @@ def may_name_data_options(parser: argparse.ArgumentParser, argv: Sequence[str], 
         return True
     known = {source.variable for source in options.FROM_ENV[command].values()}
     return any(name.startswith("SEARCH_") and name.removesuffix("_FILE") not in known for name in os.environ)
+
+
+def entry_point() -> NoReturn:
+    """The ``search`` command: ``main``, then exit without the interpreter's last garbage
+    collections, which walk every object optuna, SQLAlchemy and torch made (about 0.2 s of
+    a one-second ``search status``); exit handlers still run."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

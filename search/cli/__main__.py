@@ -1,7 +1,5 @@
 """``python -m search.cli``: what the ``search`` command runs."""
 
-import sys
+from search.cli import entry_point
 
-from search.cli import main
-
-sys.exit(main())
+entry_point()

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime
 
 import optuna
-from optuna.trial import TrialState
 from sqlalchemy.engine import URL
 
 from search import keys
 from search.storage import open_storage
-from search.storage.optuna_adapter import Progress, database_now
+from search.storage.optuna_adapter import Progress, Results, database_now
 from search.study.join import load_existing
 from search.study.pruner import study_pruner
+from search.study.summary import best_or_none
 from search.wording import counted, format_params
 
 
 def status(storage: URL, study_name: str | None) -> int:
     opened = open_storage(storage, writable=False)
     study = load_existing(opened, study_name)
-    print(study_report(study, opened.slots(study).progress(), database_now(opened.rdb.engine)))
+    print(study_report(study, opened.slots(study).progress(), opened.results(study), database_now(opened.rdb.engine)))
     return 0
 
 
-def study_report(study: optuna.Study, progress: Progress, now: datetime) -> str:
-    """The study's table; ``now`` by the clock trials are timed by (the database's)."""
-    trials = study.get_trials(deepcopy=False)
+def study_report(study: optuna.Study, progress: Progress, results: Results, now: datetime) -> str:
+    """The study's table; ``now`` by the clock trials are timed by (the database's). Reads
+    what it prints (counts, the best trial, the running ones), not every trial."""
     attrs = study.user_attrs
     epochs = attrs.get(keys.EPOCHS, "?")
-    retried = sum(keys.CONTINUED_BY in trial.system_attrs for trial in trials)
+    retried = results.continued()
     lines = [
         f"study {study.study_name}: objective {attrs.get(keys.DATASET, '?')}, "
         f"{counted(epochs, 'epoch')} per trial, "
@@ -39,14 +38,13 @@ def study_report(study: optuna.Study, progress: Progress, now: datetime) -> str:
     ]
     if retried:
         lines.append(f"  {counted(retried, 'trial')} failed by a dead or stopped worker and continued by a retry")
-    completed = [trial for trial in trials if trial.state == TrialState.COMPLETE]
-    if completed:
-        best = study.best_trial
+    best = best_or_none(study)
+    if best is not None:
         lines.append(f"best: trial {best.number}, val_acc {best.value:.2%}")
         lines.append(f"  params: {format_params(best.params)}")
     else:
         lines.append("best: no completed trial yet")
-    running = [trial for trial in trials if trial.state == TrialState.RUNNING]
+    running = results.running()
     if running:
         lines.append(f"{'running':>9}  {'epoch':>7}  {'last val_acc':>12}  {'for':>7}  worker")
         for trial in running:
@@ -56,8 +54,6 @@ def study_report(study: optuna.Study, progress: Progress, now: datetime) -> str:
             age = max(0.0, (now - trial.datetime_start).total_seconds()) if trial.datetime_start else 0.0
             lines.append(f"{trial.number:>9}  {epoch:>3}/{epochs!s:<3}  {last:>12}  "
                          f"{age:>6.0f}s  {trial.user_attrs.get(keys.WORKER, '?')}")
-    failures = Counter(trial.user_attrs.get(keys.FAIL_REASON) for trial in trials
-                       if trial.state == TrialState.FAIL and keys.CONTINUED_BY not in trial.system_attrs)
-    for reason, count in failures.most_common(3):
+    for reason, count in results.failures(3):
         lines.append(f"failed x{count}: {reason}")
     return "\n".join(lines)

@@ -92,6 +92,12 @@ class ResilientStorage(BaseStorage):
     def slots(self, study: optuna.Study) -> optuna_adapter.Slots:
         return optuna_adapter.Slots(self.transactions, self.policy.retrying, study)
 
+    def results(self, study: optuna.Study | int) -> optuna_adapter.Results:
+        """What the result commands read of ``study`` (or the study of that id), without
+        reading all of it."""
+        study_id = study if isinstance(study, int) else optuna_adapter.study_id(study)
+        return optuna_adapter.Results(self.rdb, self.policy.retrying, study_id)
+
     def close(self) -> None:
         if self.rdb is None:
             return

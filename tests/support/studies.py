@@ -51,25 +51,26 @@ def _quality(values: dict, rng: random.Random) -> float:
     return min(0.93, 0.9 - 0.05 * abs(math.log10(values["learning_rate"]) + 3) + rng.gauss(0, 0.01))
 
 
-def grown_trials(n: int, seed: int = 0, running: int = 0) -> list[FrozenTrial]:
+def grown_trials(n: int, seed: int = 0, running: int = 0, first: int = 0) -> list[FrozenTrial]:
+    """Trials numbered ``first`` to ``first + n - 1``; the last ``running`` of them run."""
     rng = random.Random(seed)
     drawn = _params(rng, n)
     made: list[FrozenTrial] = []
-    number = 0
-    while number < n:
-        values, distributions = drawn[number]
+    number, end = first, first + n
+    while number < end:
+        values, distributions = drawn[number - first]
         start = BEGIN + timedelta(seconds=2 * number)
         user = {keys.SEED: number, keys.WORKER: f"node{number % 8}/{1000 + number % 97}", keys.DEVICE: "cuda:0"}
         system: dict = {}
         quality = _quality(values, rng)
         curve = {step: quality - 0.1 / step for step in range(1, EPOCHS + 1)}
-        if number >= n - running:
+        if number >= end - running:
             steps = {step: curve[step] for step in range(1, 1 + number % EPOCHS)}
             made.append(_trial(number, TrialState.RUNNING, None, start, None, values, distributions, steps, user, system))
             number += 1
             continue
         draw = rng.random()
-        if draw < 0.02 and number + 1 < n - running:  # a lost worker's trial, continued by the next one
+        if draw < 0.02 and number + 1 < end - running:  # a lost worker's trial, continued by the next one
             lost = _trial(number, TrialState.FAIL, None, start, start + timedelta(seconds=40), values, distributions,
                           {1: curve[1]}, {**user, keys.FAIL_REASON: "the worker stopped sending heartbeats"},
                           {keys.CONTINUED_BY: number + 1})
@@ -102,15 +103,16 @@ def _trial(number: int, state: TrialState, value: float | None, start: datetime,
                        system_attrs=system, intermediate_values=steps, trial_id=-1)
 
 
-def grow_study(url: str, name: str, n: int, seed: int = 0, running: int = 0) -> None:
+def grow_study(url: str, name: str, n: int, seed: int = 0, running: int = 0,
+               made: list[FrozenTrial] | None = None) -> None:
     """Create the study ``name`` at ``url`` as a worker does (budget ``n``) and store
-    ``grown_trials(n, seed, running)`` in it."""
+    ``made``, by default ``grown_trials(n, seed, running)``, in it."""
     storage = open_storage(url)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
     try:
         study, _, _ = join_study(storage, StudySpec(name=name, dataset="fashion_mnist", epochs=EPOCHS, n_trials=n))
-        made = grown_trials(n, seed, running)
+        made = grown_trials(n, seed, running) if made is None else made
         add_trials(storage.transactions, study_id(study), made)
         continued = sum(keys.CONTINUED_BY in trial.system_attrs for trial in made)
         storage.set_study_system_attr(study_id(study), keys.CONTINUED_COUNT, continued)

@@ -4,8 +4,9 @@ module of the storage layer (it imports nothing of this project but ``search.key
 
 The rest of ``search/`` uses public Optuna and this package (its modules: ``schema``,
 Optuna's tables; ``slots``, the slot transitions; ``writes``, a running trial's writes;
-``tpe``, the sampler's history and TPE's log Phi). Each private touch, and why
-no public call does the job:
+``tpe``, the sampler's history and TPE's log Phi; ``results``, what the result commands
+read; ``bulk``, whole trials stored at once for tests and benches). Each private touch,
+and why no public call does the job:
 
 * ``_CachedStorage`` wraps the ``RDBStorage`` under ``search.storage.resilient.ResilientStorage`` for whole-study
   reads (status, the dashboard). Optuna applies it to a bare ``RDBStorage`` itself
@@ -20,6 +21,8 @@ no public call does the job:
   new trials and the given ones: the unfinished trials whose state changed, found by one
   query on the trials table (``changed_trials``); the public ``get_all_trials`` reads,
   sorts and copies every trial each time.
+  ``Results.in_view`` reads the dashboard's cut of a big study the same way: the chosen
+  trials and every one after the cut.
 * ``StudyView`` overrides ``Study._get_trials``, which Optuna's samplers call to read
   history, so that TPE fits a bounded part of it (``search.study.sampler.BoundedSampler``).
 * ``_truncnorm._log_ndtr``: TPE evaluates log Phi element by element in Python; with a
@@ -50,6 +53,10 @@ no public call does the job:
     by the database's clock, which timed its start too: ``RDBStorage`` writes the end by
     the finishing host's clock, and hosts' clocks disagree (``TrialValueModel`` gives the
     stored form of a value). ``database_now`` reads that clock, for ``status``.
+  - ``Results``: counts, the best trials' ids, failure reasons by SQL aggregates, and
+    every trial by one Core query per table (the report's CSV), where ``get_all_trials``
+    builds each trial through the ORM, ten times slower; ``add_trials`` (``bulk``) the
+    other way round, for tests and benches.
   - ``unregister_artifact``: Optuna lists artifacts in trial system attrs and has no call
     to remove an entry; weights deleted by ``--keep-best`` must leave the dashboard's
     list too. ``register_artifact`` writes the same entry ``upload_artifact`` does, but
@@ -62,7 +69,6 @@ import json
 from dataclasses import asdict
 
 import optuna
-from optuna.artifacts import ArtifactMeta
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial
@@ -71,11 +77,12 @@ from search import keys
 from search.storage.optuna_adapter.schema import (
     SCHEMA_VERSION, create_indexes, database_now, has_indexes, schema_state, study_id, trial_id,
 )
+from search.storage.optuna_adapter.results import Results
 from search.storage.optuna_adapter.slots import MAX_CRASHES, Progress, References, Retrying, Slots
 from search.storage.optuna_adapter.tpe import STOCK_LOG_NDTR, StudyView, changed_trials, faster_tpe, log_ndtr
 from search.storage.optuna_adapter.writes import OwnWrite, finish_own, write_own
 
-__all__ = ["MAX_CRASHES", "SCHEMA_VERSION", "STOCK_LOG_NDTR", "OwnWrite", "Progress", "References", "Retrying",
+__all__ = ["MAX_CRASHES", "SCHEMA_VERSION", "STOCK_LOG_NDTR", "OwnWrite", "Progress", "References", "Results", "Retrying",
            "Slots", "StudyView", "cached", "changed_trials", "create_indexes", "database_now", "faster_tpe",
            "finish_own", "has_indexes", "log_ndtr", "open_trial", "register_artifact", "schema_state", "study_id",
            "trial_id", "write_own"]
@@ -95,6 +102,8 @@ def open_trial(study: optuna.Study, claimed_id: int, claimed: FrozenTrial | None
 
 def register_artifact(storage: optuna.storages.BaseStorage, owner_trial_id: int, artifact_id: str,
                       filename: str) -> None:
+    from optuna.artifacts import ArtifactMeta  # it imports boto3 where installed: 0.2 s every command paid
+
     meta = ArtifactMeta(artifact_id=artifact_id, filename=filename, mimetype="application/octet-stream",
                         encoding=None)
     storage.set_trial_system_attr(owner_trial_id, keys.ARTIFACTS_PREFIX + artifact_id, json.dumps(asdict(meta)))

@@ -27,17 +27,27 @@ study_system_attrs = sa.Table("study_system_attributes", _meta, sa.Column("study
 trials = sa.Table("trials", _meta, sa.Column("trial_id", sa.Integer, primary_key=True),
                   sa.Column("number", sa.Integer), sa.Column("study_id", sa.Integer), sa.Column("state", _state),
                   sa.Column("datetime_start", sa.DateTime), sa.Column("datetime_complete", sa.DateTime))
+# The row id comes last: _set_attrs takes a table's first column as its owner.
 params = sa.Table("trial_params", _meta, sa.Column("trial_id", sa.Integer), sa.Column("param_name", sa.String),
-                  sa.Column("param_value", sa.Float), sa.Column("distribution_json", sa.Text))
+                  sa.Column("param_value", sa.Float), sa.Column("distribution_json", sa.Text),
+                  sa.Column("param_id", sa.Integer))
 user_attrs = sa.Table("trial_user_attributes", _meta, sa.Column("trial_id", sa.Integer),
-                      sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
+                      sa.Column("key", sa.String), sa.Column("value_json", sa.Text),
+                      sa.Column("trial_user_attribute_id", sa.Integer))
 system_attrs = sa.Table("trial_system_attributes", _meta, sa.Column("trial_id", sa.Integer),
-                        sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
+                        sa.Column("key", sa.String), sa.Column("value_json", sa.Text),
+                        sa.Column("trial_system_attribute_id", sa.Integer))
 values = sa.Table("trial_values", _meta, sa.Column("trial_id", sa.Integer), sa.Column("objective", sa.Integer),
-                  sa.Column("value", sa.Float), sa.Column("value_type", sa.String))
+                  sa.Column("value", sa.Float), sa.Column("value_type", sa.String),
+                  sa.Column("trial_value_id", sa.Integer))
 intermediate = sa.Table("trial_intermediate_values", _meta, sa.Column("trial_id", sa.Integer),
                         sa.Column("step", sa.Integer), sa.Column("intermediate_value", sa.Float),
-                        sa.Column("intermediate_value_type", sa.String))
+                        sa.Column("intermediate_value_type", sa.String),
+                        sa.Column("trial_intermediate_value_id", sa.Integer))
+# Each per-trial table's own row id: the order its rows were written in.
+ROW_ID = {"trial_params": "param_id", "trial_user_attributes": "trial_user_attribute_id",
+          "trial_system_attributes": "trial_system_attribute_id", "trial_values": "trial_value_id",
+          "trial_intermediate_values": "trial_intermediate_value_id"}
 heartbeats = sa.Table("trial_heartbeats", _meta, sa.Column("trial_id", sa.Integer),
                       sa.Column("heartbeat", sa.DateTime))
 version_info = sa.Table("version_info", _meta, sa.Column("schema_version", sa.Integer))
