@@ -23,6 +23,7 @@ from search.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///search.db"  # the embedded default: a file, no server
 DEFAULT_ARTIFACTS = "search-artifacts"
+DEFAULT_VIEW_TRIALS = 250  # search dashboard: a big study's best, and latest, trials shown
 MAX_SEED = 2**32 - 1  # numpy's RandomState (inside Optuna's samplers) takes seeds below 2**32
 MAX_STUDY_NAME = 512  # Optuna's column for study names
 

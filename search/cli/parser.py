@@ -35,8 +35,9 @@ def add_common(parser: argparse.ArgumentParser, command: str, *names: str) -> No
         add(parser, command, "--storage", "STORAGE", "study storage URL: sqlite:///FILE.db or "
             "postgresql://USER:PASSWORD@HOST:PORT/DB", default=options.DEFAULT_STORAGE)
     if "artifacts" in names:
-        add(parser, command, "--artifacts", "ARTIFACTS", "artifact directory every worker shares (checkpoints "
-            "and weights)", default=options.DEFAULT_ARTIFACTS)
+        add(parser, command, "--artifacts", "ARTIFACTS", "where checkpoints and weights go: a directory every "
+            "worker shares, or an object store bucket, s3://BUCKET/PREFIX (endpoint and credentials from the AWS_* "
+            "variables)", default=options.DEFAULT_ARTIFACTS)
     if "data" in names:
         add(parser, command, "--data-dir", "DATA_DIR", "the data set's directory (or file); default: each data "
             "set's own place (see README)")
@@ -87,6 +88,9 @@ def add_readers(commands: argparse._SubParsersAction) -> None:
     add(dashboard, "dashboard", "--host", "DASHBOARD_HOST", "address to listen on", default="127.0.0.1")
     add(dashboard, "dashboard", "--port", "DASHBOARD_PORT", "port to listen on", convert=options.port,
         default=8080)
+    add(dashboard, "dashboard", "--view-trials", "DASHBOARD_VIEW_TRIALS", "a study of more than 3 N trials shows "
+        "its N best, its unfinished and its N latest, so that its page loads in seconds (every trial: search "
+        "report)", convert=options.whole(1), default=options.DEFAULT_VIEW_TRIALS, metavar="N")
 
     best = commands.add_parser("best", help="show the best trial; --export writes its model file")
     add_common(best, "best", "study", "storage", "artifacts", "data", "device")

@@ -1,10 +1,12 @@
 """``search dashboard``: optuna-dashboard on the storage and the artifact store, read-only.
 
 Started beside a new database (a compose stack, a cluster), it waits, with one line, for
-the first worker to create the study storage, and then serves it."""
+the first worker to create the study storage, and then serves it. A big study shows a cut
+of its trials (``search.storage.view``), named in a line per study at startup."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from typing import Any, BinaryIO
@@ -13,7 +15,7 @@ from sqlalchemy.engine import URL
 
 from search.artifacts import open_store
 from search.errors import UserError
-from search.storage import NoTablesYet, ResilientStorage, describe, open_storage
+from search.storage import CutView, NoTablesYet, ResilientStorage, describe, open_storage
 
 WAIT_S = 5.0
 
@@ -49,7 +51,7 @@ def opened_when_ready(storage: URL) -> ResilientStorage:
             time.sleep(WAIT_S)
 
 
-def dashboard(storage: URL, artifacts: str, host: str, port: int) -> int:
+def dashboard(storage: URL, artifacts: str, host: str, port: int, shown: int) -> int:
     from optuna_dashboard import run_server
 
     try:  # bottle would print a traceback for a taken port
@@ -60,7 +62,10 @@ def dashboard(storage: URL, artifacts: str, host: str, port: int) -> int:
                         f"(or --host)") from None
     store = open_store(artifacts)
     store.backend.check(writable=False)
-    opened = opened_when_ready(storage)
-    print(f"optuna-dashboard on http://{host}:{port}/ (read-only)", flush=True)
-    run_server(opened, host=host, port=port, artifact_store=ReadOnlyStore(store.backend.optuna))
+    say = functools.partial(print, flush=True)
+    view = CutView(opened_when_ready(storage), shown, say)
+    for line in view.describe():
+        say(line)
+    say(f"optuna-dashboard on http://{host}:{port}/ (read-only)")
+    run_server(view, host=host, port=port, artifact_store=ReadOnlyStore(store.backend.optuna))
     return 0

@@ -10,5 +10,6 @@ with a retry policy per method), ``opening`` (checks, then opens).
 from search.storage.opening import NoTablesYet, open_storage
 from search.storage.resilient import ResilientStorage
 from search.storage.url import describe, parse_url
+from search.storage.view import CutView
 
-__all__ = ["NoTablesYet", "ResilientStorage", "describe", "open_storage", "parse_url"]
+__all__ = ["CutView", "NoTablesYet", "ResilientStorage", "describe", "open_storage", "parse_url"]

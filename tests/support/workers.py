@@ -108,16 +108,18 @@ def system_attrs(storage: str, study: str) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def dashboard(storage: str, artifacts: Path | str, cwd: Path,
-              env: dict[str, str] | None = None) -> Iterator[Callable[[str], bytes]]:
-    """A running ``search dashboard``; yields ``get(path)``, the body of a 200 answer."""
+def dashboard(storage: str, artifacts: Path | str, cwd: Path, env: dict[str, str] | None = None,
+              extra: Sequence[str] = (), log: Path | None = None) -> Iterator[Callable[[str], bytes]]:
+    """A running ``search dashboard`` (its output into ``log``, if given); yields
+    ``get(path)``, the body of a 200 answer."""
     from tests.support.postgres import free_port
 
     port = free_port()
+    output = open(log, "wb") if log is not None else subprocess.DEVNULL
     server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", storage,
-                               "--artifacts", str(artifacts), "--port", str(port)],
-                              env={**search_env(), **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                               "--artifacts", str(artifacts), "--port", str(port), *extra],
+                              env={**search_env(), **(env or {})}, cwd=cwd, stdout=output,
+                              stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL)
 
     def get(path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
@@ -136,6 +138,8 @@ def dashboard(storage: str, artifacts: Path | str, cwd: Path,
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if log is not None:
+            output.close()
 
 
 def logs(paths: Sequence[Path]) -> str:
