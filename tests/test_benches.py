@@ -23,6 +23,7 @@ SUMMARIES = {
     "chaos_soak": "PASS",
     "multihost_soak": "PASS",
     "failover": "PASS: no told trial lost",
+    "views_at_scale": "views at scale",
 }
 
 
