@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL
 
@@ -65,8 +66,9 @@ def open_storage(url: URL | str, writable: bool = True, patience: float = RECONN
     ``url``: as ``parse_url`` returns it (a string is parsed first). ``writable``: Optuna's
     tables are created if there are none yet, at once, or with ``deferred`` only by
     ``prepare`` (a worker checks everything on the storage it will use, then writes).
-    Otherwise nothing is ever created, migrated or locked, connections cannot write, and
-    a storage with no Optuna tables is an error."""
+    Otherwise nothing is ever created, migrated or locked, connections cannot write, a
+    storage with no Optuna tables is an error, and studies are read through the
+    adapter's ``Reader`` (no ORM: a quick ``search status``)."""
     url = parse_url(url) if isinstance(url, str) else url
     install_reply_timeout()
     policy = RetryPolicy(url, patience) if notify is None else RetryPolicy(url, patience, notify)
@@ -75,7 +77,7 @@ def open_storage(url: URL | str, writable: bool = True, patience: float = RECONN
     if not (is_sqlite(url) and sqlite_path(url, writable) is None):  # a new file: nothing to read yet
         state = check_reachable(url, kwargs)
         if state == "optuna":
-            storage.attach(rdb_storage(url, kwargs, writable))
+            storage.attach(rdb_storage(url, kwargs) if writable else reader(url, kwargs))
         elif not writable:
             lacking = NoTablesYet if state == "blank" else UserError
             raise lacking(f"{describe(url)} holds no Optuna study storage (no tables); check --storage")
@@ -84,11 +86,17 @@ def open_storage(url: URL | str, writable: bool = True, patience: float = RECONN
     return storage
 
 
-def rdb_storage(url: URL, kwargs: dict[str, Any], writable: bool) -> RDBStorage:
+def reader(url: URL, kwargs: dict[str, Any]) -> optuna_adapter.Reader:
+    """The adapter's read-only storage on tables that exist (checked by ``check_reachable``:
+    the schema version too)."""
+    return optuna_adapter.Reader(sqlalchemy.create_engine(url, **kwargs))
+
+
+def rdb_storage(url: URL, kwargs: dict[str, Any]) -> RDBStorage:
     """Optuna's storage on tables that exist (checked by ``check_reachable``)."""
     try:
         return RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs,
-                          skip_compatibility_check=not writable, skip_table_creation=True)
+                          skip_table_creation=True)
     except Exception as error:
         raise one_line_error(url, error, lambda problem: UserError(f"cannot reach {problem}"),
                              "check that the server runs") from error

@@ -50,13 +50,14 @@ class ResilientStorage(BaseStorage):
         self.writable = writable
         self.own = OwnTrials()  # the trials this worker runs, served from memory
         self.distributions: dict[int, dict[str, optuna.distributions.BaseDistribution]] = {}  # by study
-        self.rdb: RDBStorage | None = None
+        self.rdb: RDBStorage | optuna_adapter.Reader | None = None
         self.prepared = False
         if rdb is not None:
             self.attach(rdb)
 
-    def attach(self, rdb: RDBStorage) -> None:
-        """Use Optuna's storage ``rdb`` (once its tables exist)."""
+    def attach(self, rdb: RDBStorage | optuna_adapter.Reader) -> None:
+        """Use Optuna's storage ``rdb`` (once its tables exist), or for reading only the
+        adapter's ``Reader``."""
         limit_transactions(rdb.engine, read_only=not self.writable)
         self.rdb = rdb
         self.cache = optuna_adapter.cached(rdb)
@@ -96,7 +97,7 @@ class ResilientStorage(BaseStorage):
         """What the result commands read of ``study`` (or the study of that id), without
         reading all of it."""
         study_id = study if isinstance(study, int) else optuna_adapter.study_id(study)
-        return optuna_adapter.Results(self.rdb, self.policy.retrying, study_id)
+        return optuna_adapter.Results(self.rdb.engine, self.policy.retrying, study_id)
 
     def close(self) -> None:
         if self.rdb is None:

@@ -5,7 +5,7 @@ module of the storage layer (it imports nothing of this project but ``search.key
 The rest of ``search/`` uses public Optuna and this package (its modules: ``schema``,
 Optuna's tables; ``slots``, the slot transitions; ``writes``, a running trial's writes;
 ``tpe``, the sampler's history and TPE's log Phi; ``results``, what the result commands
-read; ``bulk``, whole trials stored at once for tests and benches). Each private touch,
+read; ``reader``, a read-only storage for them without Optuna's ORM; ``bulk``, whole trials stored at once for tests and benches). Each private touch,
 and why no public call does the job:
 
 * ``_CachedStorage`` wraps the ``RDBStorage`` under ``search.storage.resilient.ResilientStorage`` for whole-study
@@ -21,8 +21,8 @@ and why no public call does the job:
   new trials and the given ones: the unfinished trials whose state changed, found by one
   query on the trials table (``changed_trials``); the public ``get_all_trials`` reads,
   sorts and copies every trial each time.
-  ``Results.in_view`` reads the dashboard's cut of a big study the same way: the chosen
-  trials and every one after the cut.
+* ``optuna.study._frozen.FrozenStudy``: what ``Reader.get_all_studies`` returns, as
+  ``RDBStorage`` does; ``optuna.study`` does not export the class.
 * ``StudyView`` overrides ``Study._get_trials``, which Optuna's samplers call to read
   history, so that TPE fits a bounded part of it (``search.study.sampler.BoundedSampler``).
 * ``_truncnorm._log_ndtr``: TPE evaluates log Phi element by element in Python; with a
@@ -54,8 +54,11 @@ and why no public call does the job:
     the finishing host's clock, and hosts' clocks disagree (``TrialValueModel`` gives the
     stored form of a value). ``database_now`` reads that clock, for ``status``.
   - ``Results``: counts, the best trials' ids, failure reasons by SQL aggregates, and
-    every trial by one Core query per table (the report's CSV), where ``get_all_trials``
-    builds each trial through the ORM, ten times slower; ``add_trials`` (``bulk``) the
+    trials (a few, the dashboard's cut, every one for the report's CSV) by one Core
+    query per table, where ``get_all_trials`` builds each trial through the ORM, ten
+    times slower; ``Reader``, the same reads behind Optuna's storage interface, so that
+    ``status``, ``best`` and ``report`` load a study without the ORM and alembic
+    (``schema.to_stored`` writes Optuna's stored form of values for the same reason); ``add_trials`` (``bulk``) the
     other way round, for tests and benches.
   - ``unregister_artifact``: Optuna lists artifacts in trial system attrs and has no call
     to remove an entry; weights deleted by ``--keep-best`` must leave the dashboard's
@@ -77,19 +80,23 @@ from search import keys
 from search.storage.optuna_adapter.schema import (
     SCHEMA_VERSION, create_indexes, database_now, has_indexes, schema_state, study_id, trial_id,
 )
+from search.storage.optuna_adapter.reader import Reader
 from search.storage.optuna_adapter.results import Results
 from search.storage.optuna_adapter.slots import MAX_CRASHES, Progress, References, Retrying, Slots
 from search.storage.optuna_adapter.tpe import STOCK_LOG_NDTR, StudyView, changed_trials, faster_tpe, log_ndtr
 from search.storage.optuna_adapter.writes import OwnWrite, finish_own, write_own
 
-__all__ = ["MAX_CRASHES", "SCHEMA_VERSION", "STOCK_LOG_NDTR", "OwnWrite", "Progress", "References", "Results", "Retrying",
+__all__ = ["MAX_CRASHES", "SCHEMA_VERSION", "STOCK_LOG_NDTR", "OwnWrite", "Progress", "Reader", "References", "Results",
+           "Retrying",
            "Slots", "StudyView", "cached", "changed_trials", "create_indexes", "database_now", "faster_tpe",
            "finish_own", "has_indexes", "log_ndtr", "open_trial", "register_artifact", "schema_state", "study_id",
            "trial_id", "write_own"]
 
 
-def cached(rdb: RDBStorage) -> optuna.storages.BaseStorage:
-    return _CachedStorage(rdb)
+def cached(rdb: RDBStorage | Reader) -> optuna.storages.BaseStorage:
+    """The storage whole-study reads go through: Optuna's trial cache over an
+    ``RDBStorage``; a ``Reader`` as it is (it builds every trial afresh)."""
+    return rdb if isinstance(rdb, Reader) else _CachedStorage(rdb)
 
 
 def open_trial(study: optuna.Study, claimed_id: int, claimed: FrozenTrial | None = None) -> optuna.Trial:

@@ -10,10 +10,11 @@ from collections.abc import Iterable
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
 from optuna.trial import FrozenTrial
 
-from search.storage.optuna_adapter.schema import intermediate, params, system_attrs, trials, user_attrs, values
+from search.storage.optuna_adapter.schema import (
+    intermediate, params, system_attrs, to_stored, trials, user_attrs, values,
+)
 
 BATCH = 5000  # trials per transaction
 
@@ -32,18 +33,18 @@ def add_trials(engine: sa.Engine, study_id: int, made: Iterable[FrozenTrial]) ->
                                                 system_attrs: []}
             for trial_id, trial in zip(ids, batch):
                 for objective, value in enumerate(trial.values or []):
-                    stored, kind = TrialValueModel.value_to_stored_repr(value)
-                    rows[values].append({"trial_id": trial_id, "objective": objective, "value": stored,
-                                         "value_type": kind.name})
+                    kept, kind = to_stored(value)
+                    rows[values].append({"trial_id": trial_id, "objective": objective, "value": kept,
+                                         "value_type": kind})
                 for name, value in trial.params.items():
                     distribution = trial.distributions[name]
                     rows[params].append({"trial_id": trial_id, "param_name": name,
                                          "param_value": distribution.to_internal_repr(value),
                                          "distribution_json": optuna.distributions.distribution_to_json(distribution)})
                 for step, value in trial.intermediate_values.items():
-                    stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-                    rows[intermediate].append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
-                                               "intermediate_value_type": kind.name})
+                    kept, kind = to_stored(value)
+                    rows[intermediate].append({"trial_id": trial_id, "step": step, "intermediate_value": kept,
+                                               "intermediate_value_type": kind})
                 for table, attrs in ((user_attrs, trial.user_attrs), (system_attrs, trial.system_attrs)):
                     rows[table].extend({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                                        for key, value in attrs.items())

@@ -2,11 +2,9 @@
 by a query or two on Optuna's tables, never by reading every trial through ``RDBStorage``
 (which builds a ``FrozenTrial`` per trial with its ORM, about a millisecond each).
 
-``every_trial`` does read every trial (the report's CSV keeps them all) but with one
-Core query per table, several times faster than ``get_all_trials``; ``in_view`` reads a
-chosen cut of the study through ``RDBStorage._get_trials``, the one call that takes
-trial ids and "every trial after this one" together (the public ``get_all_trials``
-filters by state only).
+Trials are built by ``read_trials``: one Core query per table for any set of trials
+(a few, a cut of the study, or all of it: the report's CSV), several times faster than
+``get_all_trials`` and equal to what it gives, in the same order.
 """
 
 from __future__ import annotations
@@ -19,16 +17,13 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages import RDBStorage
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
 from optuna.trial import FrozenTrial, TrialState
 
 from search import keys
 from search.storage.optuna_adapter.schema import (
-    ROW_ID, intermediate, params, system_attrs, trials, user_attrs, values,
+    ROW_ID, from_stored, intermediate, params, study_system_attrs, system_attrs, trial_id, trials, user_attrs,
+    values,
 )
-
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @lru_cache(maxsize=256)
@@ -36,13 +31,54 @@ def _distribution(stored: str) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.json_to_distribution(stored)
 
 
+def read_trials(connection: sa.Connection, where: Any) -> list[FrozenTrial]:
+    """The trials that ``where`` (a condition on the trials table) selects, in order, as
+    ``RDBStorage.get_trial`` gives them."""
+    rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
+    if not rows:
+        return []
+    chosen = sa.select(trials.c.trial_id).where(where)
+
+    def per_trial(table: sa.Table, *columns: sa.Column) -> dict[int, list[Any]]:
+        # In the order Optuna's ORM reads them back: attributes by key (its index), the
+        # rest as written.
+        order = table.c.key if "key" in table.c else table.c[ROW_ID[table.name]]
+        found: dict[int, list[Any]] = defaultdict(list)
+        for row in connection.execute(sa.select(table.c.trial_id, *columns)
+                                      .where(table.c.trial_id.in_(chosen)).order_by(order)):
+            found[row[0]].append(row[1:])
+        return found
+
+    trial_values = per_trial(values, values.c.objective, values.c.value, values.c.value_type)
+    trial_params = per_trial(params, params.c.param_name, params.c.param_value, params.c.distribution_json)
+    steps = per_trial(intermediate, intermediate.c.step, intermediate.c.intermediate_value,
+                      intermediate.c.intermediate_value_type)
+    users = per_trial(user_attrs, user_attrs.c.key, user_attrs.c.value_json)
+    systems = per_trial(system_attrs, system_attrs.c.key, system_attrs.c.value_json)
+    made = []
+    for row in rows:
+        row_id = row.trial_id
+        distributions = {name: _distribution(stored) for name, _, stored in trial_params.get(row_id, ())}
+        made.append(FrozenTrial(
+            number=row.number, state=row.state, value=None,
+            values=[from_stored(value, kind) for _, value, kind in sorted(trial_values.get(row_id, ()))] or None,
+            datetime_start=row.datetime_start, datetime_complete=row.datetime_complete,
+            params={name: distributions[name].to_external_repr(value)
+                    for name, value, _ in trial_params.get(row_id, ())},
+            distributions=distributions,
+            user_attrs={key: json.loads(value) for key, value in users.get(row_id, ())},
+            system_attrs={key: json.loads(value) for key, value in systems.get(row_id, ())},
+            intermediate_values={step: from_stored(value, kind) for step, value, kind in steps.get(row_id, ())},
+            trial_id=row_id))
+    return made
+
+
 class Results:
     """The reads of one study; ``retrying`` is the storage's retry policy (a read is
     repeated after a lost connection)."""
 
-    def __init__(self, rdb: RDBStorage, retrying: Any, study_id: int) -> None:
-        self.rdb = rdb
-        self.engine = rdb.engine
+    def __init__(self, engine: sa.Engine, retrying: Any, study_id: int) -> None:
+        self.engine = engine
         self.retrying = retrying
         self.study_id = study_id
 
@@ -52,13 +88,23 @@ class Results:
                 return connection.execute(query).all()
         return self.retrying(read)
 
+    def _trials(self, where: Any) -> list[FrozenTrial]:
+        def read() -> list[FrozenTrial]:
+            with self.engine.connect() as connection:
+                return read_trials(connection, where)
+        return self.retrying(read)
+
     def running(self) -> list[FrozenTrial]:
         """The RUNNING trials, in order (an index of this project's finds them)."""
-        return self.retrying(lambda: self.rdb.get_all_trials(self.study_id, deepcopy=False,
-                                                             states=(TrialState.RUNNING,)))
+        return self._trials(sa.and_(trials.c.study_id == self.study_id, trials.c.state == TrialState.RUNNING))
 
     def continued(self) -> int:
-        """Trials failed by a lost or stopped worker and continued by a retry."""
+        """Trials failed by a lost or stopped worker and continued by a retry: the study's
+        counter of them (``Slots`` keeps it), else counted."""
+        counter = self._rows(sa.select(study_system_attrs.c.value_json).where(
+            study_system_attrs.c.study_id == self.study_id, study_system_attrs.c.key == keys.CONTINUED_COUNT))
+        if counter:
+            return int(json.loads(counter[0][0]))
         return self._rows(sa.select(sa.func.count()).select_from(trials.join(
             system_attrs, system_attrs.c.trial_id == trials.c.trial_id)).where(
             trials.c.study_id == self.study_id, system_attrs.c.key == keys.CONTINUED_BY))[0][0]
@@ -76,25 +122,32 @@ class Results:
         return [(None if text is None else json.loads(text), count) for text, count in self._rows(query)]
 
     def best_ids(self, n: int, maximize: bool = True) -> list[int]:
-        """The ``n`` best COMPLETE trials' ids, best first (ties: the earlier first)."""
+        """The ``n`` best COMPLETE trials' ids, best first (ties: the earlier first), ranked
+        as Optuna's ``best_trial`` ranks them (an infinite value in the study's direction
+        first). Both reads walk an index of this project's (``schema.INDEXES``)."""
+        ours = sa.select(trials.c.trial_id).join(values, values.c.trial_id == trials.c.trial_id).where(
+            trials.c.study_id == self.study_id, trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
+        infinite = [row[0] for row in self._rows(ours.where(
+            values.c.value.is_(None), values.c.value_type == ("INF_POS" if maximize else "INF_NEG"))
+            .order_by(trials.c.trial_id).limit(n))]
         value = values.c.value.desc() if maximize else values.c.value.asc()
-        return [row[0] for row in self._rows(
-            sa.select(trials.c.trial_id).join(values, values.c.trial_id == trials.c.trial_id)
-            .where(trials.c.study_id == self.study_id, trials.c.state == TrialState.COMPLETE, values.c.objective == 0,
-                   values.c.value_type == "FINITE")
-            .order_by(value, trials.c.trial_id).limit(n))]
+        finite = [] if len(infinite) >= n else [row[0] for row in self._rows(ours.where(
+            values.c.value_type == "FINITE").order_by(value, trials.c.trial_id).limit(n - len(infinite)))]
+        return infinite + finite
 
     def fetch(self, ids: Iterable[int]) -> list[FrozenTrial]:
-        return [self.retrying(lambda trial_id=trial_id: self.rdb.get_trial(trial_id)) for trial_id in ids]
+        """These trials, in the order given."""
+        ids = list(ids)
+        found = {trial_id(trial): trial for trial in self._trials(trials.c.trial_id.in_(ids))} if ids else {}
+        return [found[one] for one in ids if one in found]
 
     def by_numbers(self, numbers: Iterable[int]) -> dict[int, FrozenTrial]:
         """The study's trials with these numbers (those that exist)."""
         numbers = sorted(set(numbers))
         if not numbers:
             return {}
-        ids = [row[0] for row in self._rows(sa.select(trials.c.trial_id).where(
-            trials.c.study_id == self.study_id, trials.c.number.in_(numbers)))]
-        return {trial.number: trial for trial in self.fetch(ids)}
+        return {trial.number: trial for trial in self._trials(
+            sa.and_(trials.c.study_id == self.study_id, trials.c.number.in_(numbers)))}
 
     def size(self) -> tuple[int, int]:
         """How many trials the study has, and its last trial's id (-1: none)."""
@@ -117,48 +170,9 @@ class Results:
 
     def in_view(self, included: set[int], after_id: int) -> list[FrozenTrial]:
         """The trials in ``included`` and every trial whose id is above ``after_id``, in order."""
-        return self.retrying(lambda: self.rdb._get_trials(self.study_id, None, set(included), after_id))
+        return self._trials(sa.and_(trials.c.study_id == self.study_id,
+                                    sa.or_(trials.c.trial_id.in_(sorted(included)), trials.c.trial_id > after_id)))
 
     def every_trial(self) -> list[FrozenTrial]:
         """Every trial of the study, in order, as ``get_all_trials`` gives them."""
-        def read() -> list[FrozenTrial]:
-            ours = sa.select(trials.c.trial_id).where(trials.c.study_id == self.study_id).scalar_subquery()
-            with self.engine.connect() as connection:
-                rows = connection.execute(sa.select(trials).where(trials.c.study_id == self.study_id)
-                                          .order_by(trials.c.trial_id)).all()
-                def per_trial(table: sa.Table, *columns: sa.Column) -> dict[int, list[Any]]:
-                    # In the order Optuna's ORM reads them back: attributes by key (its
-                    # index), the rest as written.
-                    order = table.c.key if "key" in table.c else table.c[ROW_ID[table.name]]
-                    found: dict[int, list[Any]] = defaultdict(list)
-                    for row in connection.execute(sa.select(table.c.trial_id, *columns)
-                                                  .where(table.c.trial_id.in_(ours)).order_by(order)):
-                        found[row[0]].append(row[1:])
-                    return found
-                trial_values = per_trial(values, values.c.objective, values.c.value, values.c.value_type)
-                trial_params = per_trial(params, params.c.param_name, params.c.param_value, params.c.distribution_json)
-                steps = per_trial(intermediate, intermediate.c.step, intermediate.c.intermediate_value,
-                                  intermediate.c.intermediate_value_type)
-                users = per_trial(user_attrs, user_attrs.c.key, user_attrs.c.value_json)
-                systems = per_trial(system_attrs, system_attrs.c.key, system_attrs.c.value_json)
-            made = []
-            for row in rows:
-                trial_id = row.trial_id
-                objectives = sorted(trial_values.get(trial_id, ()))
-                result = [TrialValueModel.stored_repr_to_value(value, TrialValueModel.TrialValueType[kind])
-                          for _, value, kind in objectives] or None
-                distributions = {name: _distribution(stored) for name, _, stored in trial_params.get(trial_id, ())}
-                made.append(FrozenTrial(
-                    number=row.number, state=row.state, value=None, values=result,
-                    datetime_start=row.datetime_start, datetime_complete=row.datetime_complete,
-                    params={name: distributions[name].to_external_repr(value)
-                            for name, value, _ in trial_params.get(trial_id, ())},
-                    distributions=distributions,
-                    user_attrs={key: json.loads(value) for key, value in users.get(trial_id, ())},
-                    system_attrs={key: json.loads(value) for key, value in systems.get(trial_id, ())},
-                    intermediate_values={step: TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-                        value, TrialIntermediateValueModel.TrialIntermediateValueType[kind])
-                        for step, value, kind in steps.get(trial_id, ())},
-                    trial_id=trial_id))
-            return made
-        return self.retrying(read)
+        return self._trials(trials.c.study_id == self.study_id)

@@ -9,11 +9,10 @@ import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
 from optuna.trial import TrialState
 
 from search.storage.optuna_adapter.schema import (
-    _insert, _now, _set_attrs, intermediate, params, system_attrs, trials, user_attrs, values,
+    _insert, _now, _set_attrs, intermediate, params, system_attrs, to_stored, trials, user_attrs, values,
 )
 
 
@@ -47,9 +46,9 @@ def finish_own(engine: sa.Engine, trial_id_: int, state: TrialState, result: lis
     with engine.begin() as connection:
         _running(connection, trial_id_, lock=True)
         for objective, value in enumerate(result or []):
-            stored, kind = TrialValueModel.value_to_stored_repr(value)
-            upsert = _insert(connection)(values).values(trial_id=trial_id_, objective=objective, value=stored,
-                                                        value_type=kind.name)
+            kept, kind = to_stored(value)
+            upsert = _insert(connection)(values).values(trial_id=trial_id_, objective=objective, value=kept,
+                                                        value_type=kind)
             connection.execute(upsert.on_conflict_do_update(
                 index_elements=["trial_id", "objective"],
                 set_={"value": upsert.excluded.value, "value_type": upsert.excluded.value_type}))
@@ -86,9 +85,9 @@ def write_own(engine: sa.Engine, trial_id_: int, write: OwnWrite) -> dict[str, B
         _set_attrs(connection, user_attrs, trial_id_, write.user)
         _set_attrs(connection, system_attrs, trial_id_, write.system)
         if write.step is not None:
-            value, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(write.step[1])
+            value, kind = to_stored(write.step[1])
             upsert = _insert(connection)(intermediate).values(
-                trial_id=trial_id_, step=write.step[0], intermediate_value=value, intermediate_value_type=kind.name)
+                trial_id=trial_id_, step=write.step[0], intermediate_value=value, intermediate_value_type=kind)
             connection.execute(upsert.on_conflict_do_update(
                 index_elements=["trial_id", "step"], set_={"intermediate_value": upsert.excluded.intermediate_value,
                                                            "intermediate_value_type": upsert.excluded.intermediate_value_type}))
