@@ -128,6 +128,7 @@ class Trainer:
         self.model = model.to(device)
         self.optimizer = make_optimizer(self.model, settings)
         self.optimizer_step = kernels.step_for(self.optimizer)
+        self.seed = seed
         self.shuffle = torch.Generator(device=device).manual_seed(seed)
         # The split in this epoch's order, rewritten in place every epoch: a fresh
         # dataset-sized tensor per epoch would cost page faults on a CPU.
@@ -191,7 +192,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer_step.state_replaced()
-        self.shuffle.set_state(state["shuffle_rng"])
+        try:
+            self.shuffle.set_state(state["shuffle_rng"])
+        except RuntimeError:
+            # Saved on another kind of device (a CUDA generator's state is 16 bytes, a
+            # CPU one's 5,056): the epochs to come get an order of their own, fixed by
+            # the seed and the epoch, as a retry on another host would.
+            self.shuffle.manual_seed(self.seed * 1_000_003 + int(state["epochs_done"]))
         torch.set_rng_state(state["cpu_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)

@@ -27,7 +27,10 @@ def search_env() -> dict[str, str]:
     # Hermetic: no search settings, and no object store credentials, from the machine.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SEARCH_", "AWS_"))}
     # Several workers share two cores: one intra-op thread each avoids oversubscription.
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    # The repository first; a PYTHONPATH already set stays behind it (packages installed
+    # into a folder of their own, as on a borrowed GPU machine: bench/gpu_check.py).
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths))
     return env
 
 
