@@ -10,7 +10,8 @@ under 8 minutes on one GPU, printed as one table and written as one JSON file.
    the device's float32 matmul rate (measured here on one large matmul: the most this
    work can reach on it);
 3. sharing: 1, 2, 4 and 8 workers on one device, each on a short real study: trials per
-   hour and memory per worker (GPU memory from ``nvidia-smi``; resident memory on a CPU);
+   hour and memory per worker (the GPU's memory in use by ``nvidia-smi``, over what was in
+   use before, per worker; resident memory on a CPU);
 4. data: Fashion-MNIST resident on the device: its bytes, the device memory it takes and
    the one host-to-device copy each worker makes.
 
@@ -160,30 +161,30 @@ def write_table(path: Path, rows: int = 2000) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def memory_of(pids: list[int], device: torch.device) -> dict[int, float]:
-    """MiB per process: GPU memory by nvidia-smi on a GPU, resident memory on a CPU."""
-    if device.type == "cuda":
-        smi = shutil.which("nvidia-smi")
-        if smi is None:
-            return {}
-        done = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True)
-        found = {}
-        for line in done.stdout.splitlines():
-            pid, _, used = line.partition(",")
-            if pid.strip().isdigit() and int(pid) in pids:
-                found[int(pid)] = float(used)
-        return found
-    found = {}
+def gpu_memory_used(device: torch.device) -> float | None:
+    """MiB in use on the GPU, all processes together (nvidia-smi's per-process list names
+    host PIDs, which a container cannot match to its own)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    done = subprocess.run([smi, f"--id={device.index or 0}", "--query-gpu=memory.used",
+                           "--format=csv,noheader,nounits"], capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def resident_mib(pids: list[int]) -> float:
+    """Resident memory of these processes together, MiB."""
+    total = 0.0
     for pid in pids:
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
         except OSError:
             continue
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        if match:
-            found[pid] = int(match.group(1)) / 1024
-    return found
+        total += int(match.group(1)) / 1024 if match else 0.0
+    return total
 
 
 def finished_trials(database: Path) -> int:
@@ -192,7 +193,7 @@ def finished_trials(database: Path) -> int:
 
 
 def sharing(device: torch.device, data: list[str], work: Path, quick: bool) -> list[dict[str, Any]]:
-    counts, wall, epochs = ([1, 2], 12, 1) if quick else (WORKERS, SHARE_S, 3)
+    counts, wall, epochs = ([1, 2], 8, 1) if quick else (WORKERS, SHARE_S, 3)
     rows = []
     for count in counts:
         database = work / f"share-{count}.db"
@@ -202,12 +203,14 @@ def sharing(device: torch.device, data: list[str], work: Path, quick: bool) -> l
         workers = [subprocess.Popen(command, cwd=work, env={**env(), "OMP_NUM_THREADS": "1"},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                     start_new_session=True) for _ in range(count)]
-        peak: dict[int, float] = {}
+        baseline = gpu_memory_used(device) if device.type == "cuda" else 0.0
+        peak = 0.0
         started = time.monotonic()
         while time.monotonic() - started < wall:
             time.sleep(1)
-            for pid, used in memory_of([w.pid for w in workers], device).items():
-                peak[pid] = max(peak.get(pid, 0.0), used)
+            used = gpu_memory_used(device) if device.type == "cuda" else resident_mib([w.pid for w in workers])
+            if used is not None:
+                peak = max(peak, used)
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         errors = []
@@ -221,7 +224,8 @@ def sharing(device: torch.device, data: list[str], work: Path, quick: bool) -> l
                 errors.append(err.strip().splitlines()[-1] if err.strip() else f"exit {worker.returncode}")
         done = finished_trials(database) if database.exists() else 0
         row = {"workers": count, "seconds": wall, "finished": done, "trials_per_hour": done * 3600 / wall,
-               "memory_mib_per_worker": (sum(peak.values()) / len(peak)) if peak else None, "errors": errors}
+               "memory_mib_per_worker": (peak - baseline) / count if baseline is not None and peak else None,
+               "errors": errors}
         rows.append(row)
         print(f"  sharing {count} worker(s): {done} trials in {wall} s", flush=True)
     return rows

@@ -4,7 +4,8 @@ next to the stock tools on the same storage (``optuna best-trial``, plain
 ``optuna-dashboard``), in one run.
 
 Each study is grown in bulk (``tests.support.studies``: synthetic trials shaped like a
-real search's, 12 of them running) in a throwaway server or file. Every command runs as
+real search's, 12 of them running; on PostgreSQL then vacuumed and analysed, as
+autovacuum leaves a study written over days) in a throwaway server or file. Every command runs as
 a user runs it (a process of its own, its wall time; status and best, which take about
 a second, the median of 5 runs); the dashboard's figure is its
 study API call (``GET /api/studies/ID``, what its study page loads), timed from a started
@@ -145,6 +146,9 @@ def main() -> None:
                 print(f"{backend} {size:,}: stored in {time.perf_counter() - started:.0f} s", flush=True)
                 rows.append((backend, size, measure(url, size, work, args.stock_timeout, 1 if args.quick else RUNS)))
                 print(f"{backend} {size:,}: {rows[-1][2]}", flush=True)
+            if server is not None:  # no idle server (or its autovacuum) beside the next backend's figures
+                server.stop()
+                server = None
     finally:
         if server is not None:
             server.stop()

@@ -116,6 +116,12 @@ def grow_study(url: str, name: str, n: int, seed: int = 0, running: int = 0,
         add_trials(storage.transactions, study_id(study), made)
         continued = sum(keys.CONTINUED_BY in trial.system_attrs for trial in made)
         storage.set_study_system_attr(study_id(study), keys.CONTINUED_COUNT, continued)
+        if storage.transactions.dialect.name == "postgresql":
+            # A study written over days has been vacuumed and analysed by autovacuum; one
+            # stored a second ago would be planned blind, and autovacuum would soon start
+            # on it, competing with whatever is measured next.
+            with storage.transactions.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
     finally:
         optuna.logging.set_verbosity(verbosity)
         storage.close()
