@@ -9,7 +9,8 @@ read; ``reader``, a read-only storage for them without Optuna's ORM; ``bulk``, w
 and why no public call does the job:
 
 * ``_CachedStorage`` wraps the ``RDBStorage`` under ``search.storage.resilient.ResilientStorage`` for whole-study
-  reads (status, the dashboard). Optuna applies it to a bare ``RDBStorage`` itself
+  reads of a storage opened for writing (a worker's); the read-only commands (status, best,
+  report, the dashboard) read through ``Reader`` instead. Optuna applies it to a bare ``RDBStorage`` itself
   (``optuna.storages.get_storage``); a storage wrapper of our own would lose it.
 * ``trial._trial_id`` / ``study._study_id``: storage calls take ids; the public lookup
   (``get_trial_id_from_study_id_trial_number``) costs a query for what the object knows.
