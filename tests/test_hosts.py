@@ -24,6 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search import keys
+from tests.support.datafiles import write_fashion_mnist
 from tests.support.hosts import Host, Network
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import S3Server
@@ -56,6 +57,14 @@ class Cluster:
     def logs(self, study: str) -> str:
         return logs([self.host(name).directory / f"{study}.log" for name in WORKERS
                      if (self.host(name).directory / f"{study}.log").exists()])
+
+
+@pytest.fixture(scope="module")
+def hosts_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Half the medium set: three workers share two cores here, so an epoch takes two or
+    three seconds, long enough for a fault to land mid-trial and short enough for the
+    suite's bound (every fault of the issue in under six minutes)."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion-hosts"), n_train=4800, n_test=300)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +133,8 @@ def finish(cluster: Cluster, name: str, workers: dict[str, subprocess.Popen[byte
     assert wait_all(list(workers.values()), timeout=timeout) == [0] * len(workers), cluster.logs(name)
 
 
-def test_a_worker_host_cut_past_the_grace_period_is_retried_elsewhere_and_takes_new_work(cluster, medium_fashion_dir):
-    url, bucket, workers = start(cluster, "cut", budget=4, epochs=4, data_dir=medium_fashion_dir)
+def test_a_worker_host_cut_past_the_grace_period_is_retried_elsewhere_and_takes_new_work(cluster, hosts_fashion_dir):
+    url, bucket, workers = start(cluster, "cut", budget=4, epochs=4, data_dir=hosts_fashion_dir)
     victim = wait_until(lambda: running_with_checkpoint(url, "cut"), timeout=180)
     host = cluster.host(on_host(victim, workers))
     host.cut()
@@ -141,7 +150,7 @@ def test_a_worker_host_cut_past_the_grace_period_is_retried_elsewhere_and_takes_
     assert f"trial {victim.number} was taken over by a retry after missed heartbeats; dropping it" in log
 
 
-def test_a_lossy_link_and_a_slow_link_finish_the_search(cluster, medium_fashion_dir):
+def test_a_lossy_link_and_a_slow_link_finish_the_search(cluster, hosts_fashion_dir):
     db = cluster.database
     slow = cluster.host("w2")
     proxy = subprocess.Popen(slow.command(sys.executable, "-m", "tests.support.proxy", "6432",
@@ -153,7 +162,7 @@ def test_a_lossy_link_and_a_slow_link_finish_the_search(cluster, medium_fashion_
         url, bucket = db.new_database(), cluster.store.new_bucket()
         create_slow_study(url, "links", n_trials=4, epochs=3)
         through = url.replace(f"{db.host}:{db.port}", "127.0.0.1:6432")
-        workers = {name: cluster.worker(name, url, bucket, "links", 4, 3, medium_fashion_dir,
+        workers = {name: cluster.worker(name, url, bucket, "links", 4, 3, hosts_fashion_dir,
                                         storage=through if name == "w2" else None) for name in WORKERS}
         finish(cluster, "links", workers)
         assert_clean_end(cluster, url, "links", bucket, budget=4)
@@ -163,9 +172,11 @@ def test_a_lossy_link_and_a_slow_link_finish_the_search(cluster, medium_fashion_
 
 
 @pytest.mark.parametrize("down", ["db", "s3"])
-def test_the_database_or_the_store_host_cut_for_45_s_fails_no_trial(cluster, medium_fashion_dir, down):
+def test_the_database_or_the_store_host_cut_for_45_s_fails_no_trial(cluster, hosts_fashion_dir, down):
     name = f"down-{down}"
-    url, bucket, workers = start(cluster, name, budget=4, epochs=6, data_dir=medium_fashion_dir)
+    # A cut lands after a first checkpoint: every trial still running waits it out (its
+    # next report needs the database, its weights the store), then the rest finish.
+    url, bucket, workers = start(cluster, name, budget=4, epochs=3, data_dir=hosts_fashion_dir)
     wait_until(lambda: running_with_checkpoint(url, name), timeout=180)
     cluster.host(down).cut()
     time.sleep(45)
@@ -179,8 +190,8 @@ def test_the_database_or_the_store_host_cut_for_45_s_fails_no_trial(cluster, med
         assert "checkpoint was not written" in said or "the artifact store is unavailable" in said, said
 
 
-def test_a_lost_worker_host_is_resumed_on_another_from_the_buckets_checkpoint(cluster, medium_fashion_dir):
-    url, bucket, workers = start(cluster, "lost", budget=4, epochs=4, data_dir=medium_fashion_dir)
+def test_a_lost_worker_host_is_resumed_on_another_from_the_buckets_checkpoint(cluster, hosts_fashion_dir):
+    url, bucket, workers = start(cluster, "lost", budget=4, epochs=4, data_dir=hosts_fashion_dir)
     victim = wait_until(lambda: running_with_checkpoint(url, "lost"), timeout=180)
     name = on_host(victim, workers)
     cluster.host(name).lose()
@@ -192,9 +203,9 @@ def test_a_lost_worker_host_is_resumed_on_another_from_the_buckets_checkpoint(cl
     assert not cluster.host(name).directory.exists()
 
 
-def test_hosts_whose_clocks_are_ten_minutes_off_time_every_trial_by_one_clock(cluster, medium_fashion_dir):
+def test_hosts_whose_clocks_are_ten_minutes_off_time_every_trial_by_one_clock(cluster, hosts_fashion_dir):
     skews = {"w1": cluster.network.skewed_env(600), "w2": cluster.network.skewed_env(-600)}
-    url, bucket, workers = start(cluster, "clocks", budget=4, epochs=3, data_dir=medium_fashion_dir, env=skews)
+    url, bucket, workers = start(cluster, "clocks", budget=4, epochs=3, data_dir=hosts_fashion_dir, env=skews)
     victim = wait_until(lambda: running_with_checkpoint(url, "clocks"), timeout=180)
     name = on_host(victim, workers)  # its trial is failed, and retried, by a host with another clock
     cluster.host(name).lose()
