@@ -46,6 +46,14 @@ def exit_status(error: BaseException) -> int | None:
     return None
 
 
+def loaded() -> None:
+    """The command's modules are loaded: from here on collect garbage, but never walk again
+    what the imports made (``entry_point`` paused the collector while they loaded)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     """Run the command with its settings, each resolved once."""
     from search.cli import settings  # the storage's modules: after a usage error, none is loaded
@@ -55,11 +63,13 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     if command == "evaluate":
         from search.commands.evaluate import evaluate
 
+        loaded()
         return evaluate(args.path, args.data_dir, args.json)
     url = settings.storage(args)
     if command in ("run", "worker"):
         from search.commands.work import work
 
+        loaded()
         name = work(settings.worker_config(args, url), settings.study_request(args, data_options))
         if command == "worker":
             return 0
@@ -67,6 +77,7 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     if command in ("run", "status"):
         from search.commands.status import status
 
+        loaded()
         status(url, args.study)
         if command == "run":
             print(f"export the best model: search best --study {args.study} --storage {args.storage} "
@@ -75,6 +86,7 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     if command == "dashboard":
         from search.commands.dashboard import dashboard
 
+        loaded()
         return dashboard(url, args.artifacts, args.host, args.port, args.view_trials)
     if command == "best":
         if args.retrain and args.export is None:
@@ -83,10 +95,12 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
             raise UserError("--force only applies to --export; add --export PATH or drop --force")
         from search.commands.best import best
 
+        loaded()
         return best(url, args.study, args.artifacts, args.data_dir, args.device, args.json, args.export, args.force,
                     args.retrain)
     from search.commands.report import report
 
+    loaded()
     return report(url, args.study, args.out)
 
 
@@ -115,9 +129,12 @@ def may_name_data_options(parser: argparse.ArgumentParser, argv: Sequence[str], 
 
 
 def entry_point() -> NoReturn:
-    """The ``search`` command: ``main``, then exit without the interpreter's last garbage
-    collections, which walk every object optuna, SQLAlchemy and torch made (about 0.2 s of
-    a one-second ``search status``); exit handlers still run."""
+    """The ``search`` command: ``main`` with the garbage collector paused while the command's
+    modules load (imports make hundreds of thousands of objects, and each collection walks
+    them: a sixth of a one-second ``search status``; ``loaded`` resumes it), then exit
+    without the interpreter's last collections, which walk every object optuna, SQLAlchemy
+    and torch made (about 0.2 s more); exit handlers still run."""
+    gc.disable()
     code = main()
     gc.freeze()
     sys.exit(code)

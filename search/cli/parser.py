@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from objectives.datasets import names as dataset_names
 from search.cli import options
 from search.cli.options import OneLineParser, add
-from search.study.pruner import DEFAULT_PRUNER, PRUNERS
-from search.study.spec import DEFAULT_BUDGET, DEFAULT_DATASET, DEFAULT_EPOCHS
+from search.study.spec import DEFAULT_BUDGET, DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_PRUNER, PRUNERS
 
 # The commands that read data (--data-dir); run and worker also take each data set's own
 # options (a table's --label), which are only known by importing the data sets.

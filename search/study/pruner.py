@@ -25,12 +25,10 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search import keys
+from search.study.spec import DEFAULT_PRUNER, PRUNERS
 
 if TYPE_CHECKING:
     from search.study.history import History
-
-PRUNERS = ("median", "hyperband", "successive-halving")
-DEFAULT_PRUNER = "median"
 
 # The median rule's settings, for Optuna's MedianPruner and the worker's HistoryMedianPruner.
 MEDIAN_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}

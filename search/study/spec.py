@@ -16,6 +16,10 @@ from search import keys
 DEFAULT_DATASET = "fashion_mnist"  # a new study's, when no --objective is given
 DEFAULT_EPOCHS = 10  # a new study's epochs per trial, when no --epochs is given
 DEFAULT_BUDGET = 20  # a new study's trial budget when no --n-trials is given
+# The --pruner choices (``search.study.pruner`` makes them), named here so that the command
+# line lists them without loading Optuna.
+PRUNERS = ("median", "hyperband", "successive-halving")
+DEFAULT_PRUNER = "median"
 
 
 @dataclass(frozen=True)

@@ -92,19 +92,19 @@ def schema_state(engine: sa.Engine, described: str) -> str:
     """"blank" (no tables at all: a new database), "empty" (no Optuna tables), "partial"
     (some, all Optuna's) or "optuna" (complete, schema version checked); a database whose
     tables clash with Optuna's is refused, naming it as ``described``."""
-    inspector = sa.inspect(engine)
-    tables = set(inspector.get_table_names())
-    present = tables & OPTUNA_TABLES
-    if not present:
-        return "empty" if tables else "blank"
-    for table in present & {"studies", "trials", "version_info"}:
-        expected = set(_meta.tables[table].columns.keys())
-        if not expected <= {column["name"] for column in inspector.get_columns(table)}:
-            raise StorageError(f"{described} has a table {table!r} that is not Optuna's; "
-                               f"point --storage at a separate database")
-    if present != OPTUNA_TABLES:
-        return "partial"
     with engine.connect() as connection:
+        tables = set(sa.inspect(connection).get_table_names())
+        present = tables & OPTUNA_TABLES
+        if not present:
+            return "empty" if tables else "blank"
+        for table in present & {"studies", "trials", "version_info"}:
+            expected = set(_meta.tables[table].columns.keys())
+            # The columns a query names (the inspector's reflection of them took 30-50 ms).
+            if not expected <= set(connection.exec_driver_sql(f"SELECT * FROM {table} WHERE 1 = 0").keys()):
+                raise StorageError(f"{described} has a table {table!r} that is not Optuna's; "
+                                   f"point --storage at a separate database")
+        if present != OPTUNA_TABLES:
+            return "partial"
         version = connection.execute(sa.select(version_info.c.schema_version)).scalar()
     if version != SCHEMA_VERSION:
         raise StorageError(f"{described} has Optuna schema version {version}; this project "
@@ -150,12 +150,14 @@ def _set_attrs(connection: sa.Connection, table: sa.Table, target: int, values: 
 
 # Optuna indexes trials by study only. Claims look for a WAITING trial and stale checks
 # for RUNNING ones, and a new trial takes the next number: with these indexes none of
-# them reads the study's finished trials. The best trials (Optuna's best_trial, status,
+# them reads the study's finished trials; a study's progress counts its ended trials
+# that are not COMPLETE from an index (COMPLETE is the rest). The best trials (Optuna's best_trial, status,
 # best, the dashboard's cut) are found by walking values in order, not by sorting them all:
 # 50 ms -> 0.5 ms on a study of 100,000.
 INDEXES = {
     "hpsearch_trials_unfinished": "trials (study_id, state, trial_id) WHERE state IN ('WAITING', 'RUNNING')",
     "hpsearch_trials_number": "trials (study_id, number)",
+    "hpsearch_trials_ended": "trials (study_id, state) WHERE state IN ('FAIL', 'PRUNED')",
     "hpsearch_values_best": "trial_values (objective, value)",
 }
 

@@ -92,16 +92,33 @@ class Slots:
         return self.retrying(increment)
 
     def progress(self) -> Progress:
+        """One statement (one snapshot): each count walks an index of this project's, and
+        COMPLETE is the rest, so the cost does not grow with the finished trials (a GROUP BY
+        state read the whole study: 40-60 ms at 100,000 trials). Continued trials (all FAIL)
+        are the counter ``Slots`` keeps, counted for a study that has none yet."""
+        def count(state: TrialState) -> Any:
+            return sa.select(sa.func.count()).where(trials.c.study_id == self.study_id,
+                                                    trials.c.state == state).scalar_subquery()
+
+        counter = sa.select(sa.cast(study_system_attrs.c.value_json, sa.Integer)).where(
+            study_system_attrs.c.study_id == self.study_id,
+            study_system_attrs.c.key == keys.CONTINUED_COUNT).scalar_subquery()
+        counted = sa.select(sa.func.count()).select_from(system_attrs.join(
+            trials, trials.c.trial_id == system_attrs.c.trial_id)).where(
+            trials.c.study_id == self.study_id, system_attrs.c.key == keys.CONTINUED_BY).scalar_subquery()
+        highest = sa.select(sa.func.max(trials.c.number)).where(trials.c.study_id == self.study_id).scalar_subquery()
+        budget = sa.select(study_user_attrs.c.value_json).where(
+            study_user_attrs.c.study_id == self.study_id, study_user_attrs.c.key == keys.BUDGET).scalar_subquery()
+        query = sa.select(highest, count(TrialState.FAIL), count(TrialState.PRUNED), count(TrialState.RUNNING),
+                          count(TrialState.WAITING), sa.func.coalesce(counter, counted), budget)
+
         def read() -> Progress:
             with self.engine.connect() as connection:
-                counts = dict(connection.execute(sa.select(trials.c.state, sa.func.count()).where(
-                    self._current()).group_by(trials.c.state)).all())
-                budget = self._budget(connection)
-            slots = sum(counts.values())
-            return Progress(budget=slots if budget is None else budget,
-                            complete=counts.get(TrialState.COMPLETE, 0), pruned=counts.get(TrialState.PRUNED, 0),
-                            failed=counts.get(TrialState.FAIL, 0), running=counts.get(TrialState.RUNNING, 0),
-                            waiting=counts.get(TrialState.WAITING, 0))
+                top, failed, pruned, running, waiting, continued, stored = connection.execute(query).one()
+            slots = (-1 if top is None else top) + 1 - continued  # numbers are dense: see _count
+            return Progress(budget=slots if stored is None else int(json.loads(stored)),
+                            complete=slots - (failed - continued) - pruned - running - waiting,
+                            pruned=pruned, failed=failed - continued, running=running, waiting=waiting)
         return self.retrying(read)
 
     def claim(self, owner: str, labels: dict[str, str] | None = None) -> int | None:
