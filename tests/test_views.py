@@ -13,6 +13,8 @@ import csv
 import json
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -23,7 +25,7 @@ from search.storage import open_storage
 from search.storage.optuna_adapter import study_id
 from search.storage.optuna_adapter.bulk import add_trials
 from tests.support.studies import grow_study, grown_trials
-from tests.support.workers import dashboard, run_search, wait_until
+from tests.support.workers import dashboard, run_search, search_env, wait_until
 
 GOLDEN = Path(__file__).parent / "golden" / "views"
 AGE = re.compile(r" +\d+s  node")  # the running trials' ages: now minus their start
@@ -44,6 +46,18 @@ def test_status_and_best_print_what_they_did(thousand):
         best = run_search("best", "--storage", thousand, "--study", "big", *arguments)
         assert best.returncode == 0, best.stderr
         assert best.stdout == (GOLDEN / golden).read_text()
+
+
+def test_status_and_best_read_without_loading_optuna(thousand):
+    # Optuna's import (numpy, tqdm, its samplers) would be a third of these one-second
+    # commands; they read through the adapter's records instead.
+    probe = ("import sys; from search.cli import main; code = main(sys.argv[1:]); "
+             "print(sorted(name for name in ('optuna', 'numpy', 'torch') if name in sys.modules)); sys.exit(code)")
+    for arguments in (["status"], ["best"], ["best", "--json"]):
+        done = subprocess.run([sys.executable, "-c", probe, *arguments, "--storage", thousand, "--study", "big"],
+                              capture_output=True, text=True, env=search_env(), timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "[]", (arguments, done.stdout[-300:])
 
 
 def test_report_keeps_its_table_and_csv(thousand, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -46,9 +47,14 @@ def exit_status(error: BaseException) -> int | None:
     return None
 
 
-def loaded() -> None:
-    """The command's modules are loaded: from here on collect garbage, but never walk again
-    what the imports made (``entry_point`` paused the collector while they loaded)."""
+def loaded(verbose: bool) -> None:
+    """The command's modules are loaded: Optuna's logging set, if the command loaded Optuna
+    (``status`` and ``best`` read without it); and from here on collect garbage, but never
+    walk again what the imports made (``entry_point`` paused the collector while they loaded)."""
+    if "optuna" in sys.modules:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
     if not gc.isenabled():
         gc.freeze()
         gc.enable()
@@ -63,13 +69,13 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     if command == "evaluate":
         from search.commands.evaluate import evaluate
 
-        loaded()
+        loaded(args.verbose)
         return evaluate(args.path, args.data_dir, args.json)
     url = settings.storage(args)
     if command in ("run", "worker"):
         from search.commands.work import work
 
-        loaded()
+        loaded(args.verbose)
         name = work(settings.worker_config(args, url), settings.study_request(args, data_options))
         if command == "worker":
             return 0
@@ -77,7 +83,7 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     if command in ("run", "status"):
         from search.commands.status import status
 
-        loaded()
+        loaded(args.verbose)
         status(url, args.study)
         if command == "run":
             print(f"export the best model: search best --study {args.study} --storage {args.storage} "
@@ -86,7 +92,7 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
     if command == "dashboard":
         from search.commands.dashboard import dashboard
 
-        loaded()
+        loaded(args.verbose)
         return dashboard(url, args.artifacts, args.host, args.port, args.view_trials)
     if command == "best":
         if args.retrain and args.export is None:
@@ -95,12 +101,14 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
             raise UserError("--force only applies to --export; add --export PATH or drop --force")
         from search.commands.best import best
 
-        loaded()
+        if args.export is not None:
+            importlib.import_module("search.commands.best_model")  # torch and Optuna: with the rest
+        loaded(args.verbose)
         return best(url, args.study, args.artifacts, args.data_dir, args.device, args.json, args.export, args.force,
                     args.retrain)
     from search.commands.report import report
 
-    loaded()
+    loaded(args.verbose)
     return report(url, args.study, args.out)
 
 
@@ -165,12 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(verbose: bool) -> None:
-    import optuna
-
     logging.basicConfig(level=logging.WARNING if verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         # Library warnings (Optuna's experimental APIs, torch's notes) are not the user's
         # to act on; -v shows them.
         warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)

@@ -7,17 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL
 
-from search.storage import open_storage
-from search.study.join import load_existing
-from search.study.summary import attempts_of, best_trial, trial_summary
+from search.storage import open_reading
+from search.storage.optuna_adapter import StudyRecord, TrialRecord
+from search.study.lookup import find_study
+from search.study.summary import attempts_of, no_completed_trial, trial_summary
 from search.wording import counted
 
 
-def show(study: optuna.Study, trial: FrozenTrial, summary: dict[str, Any], as_json: bool) -> None:
+def show(study: StudyRecord, trial: TrialRecord, summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -38,10 +37,13 @@ def best(storage: URL, study_name: str | None, artifacts: str, data_dir: str | N
         exports.check_writable(path, force)
         if retrained:
             choose_device(device)  # refused before anything is read
-    opened = open_storage(storage, writable=False)
-    study = load_existing(opened, study_name)
-    trial = best_trial(study)
-    summary = trial_summary(study, trial, opened.results(study).by_numbers(attempts_of(trial)))
+    reading = open_reading(storage)  # no Optuna: its import would be a third of a plain `search best`
+    study = find_study(reading, study_name)
+    results = reading.results(study)
+    trial = results.best(study.maximize)
+    if trial is None:
+        raise no_completed_trial(study.study_name)
+    summary = trial_summary(study, trial, results.by_numbers(attempts_of(trial)))
     show(study, trial, summary, as_json)
     if path is None:
         return 0

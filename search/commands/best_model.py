@@ -9,9 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
-from optuna.trial import FrozenTrial
 
 from models import build_mlp, describe_layout
 from objectives.datasets import load_dataset, record
@@ -22,10 +20,11 @@ from search import keys
 from search.artifacts import open_store
 from search.commands import exports
 from search.errors import UserError
+from search.storage.optuna_adapter import StudyRecord, TrialRecord
 from search.study.summary import epochs_run
 
 
-def retrain(study: optuna.Study, trial: FrozenTrial, data_dir: str | None, device_name: str,
+def retrain(study: StudyRecord, trial: TrialRecord, data_dir: str | None, device_name: str,
             say: Callable[[str], None]) -> tuple[torch.nn.Module, dict[str, Any], float]:
     """Train the trial's hyperparameters on train+validation for the study's epochs, with
     the trial's seed (the search's own recipe); returns the model, its argument dict and
@@ -44,7 +43,7 @@ def retrain(study: optuna.Study, trial: FrozenTrial, data_dir: str | None, devic
     return trainer.model, recipe.hyperparameters, accuracy(trainer.model, dataset.test.to(device))
 
 
-def describe_data(study: optuna.Study, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+def describe_data(study: StudyRecord, hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """What a user of the file needs to know about its inputs and outputs: the study's
     record of its data where the file described it (a table), else the data set's record."""
     recorded = study.user_attrs.get(keys.DATA)
@@ -63,7 +62,7 @@ def describe_data(study: optuna.Study, hyperparameters: dict[str, Any]) -> dict[
     return described
 
 
-def export(study: optuna.Study, trial: FrozenTrial, summary: dict[str, Any], path: Path, artifacts: str,
+def export(study: StudyRecord, trial: TrialRecord, summary: dict[str, Any], path: Path, artifacts: str,
            data_dir: str | None, device: str, as_json: bool, retrained: bool) -> int:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if as_json else print
     metadata = {**summary, "format_version": exports.FORMAT_VERSION, "library_versions": exports.library_versions(),

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-
-import optuna
 from sqlalchemy.engine import URL
 
 from search import keys
-from search.storage import open_storage
-from search.storage.optuna_adapter import Progress, Results, database_now
-from search.study.join import load_existing
-from search.study.pruner import study_pruner
-from search.study.summary import best_or_none
+from search.storage import open_reading
+from search.storage.optuna_adapter import Progress, Results, StudyRecord
+from search.study.lookup import find_study
+from search.study.spec import DEFAULT_PRUNER
 from search.wording import counted, format_params
 
 
 def status(storage: URL, study_name: str | None) -> int:
-    opened = open_storage(storage, writable=False)
-    study = load_existing(opened, study_name)
-    print(study_report(study, opened.slots(study).progress(), opened.results(study), database_now(opened.rdb.engine)))
+    reading = open_reading(storage)  # no Optuna: its import would be a third of this command
+    study = find_study(reading, study_name)
+    print(study_report(study, reading.progress(study), reading.results(study), reading.now()))
     return 0
 
 
-def study_report(study: optuna.Study, progress: Progress, results: Results, now: datetime) -> str:
+def study_report(study: StudyRecord, progress: Progress, results: Results, now: datetime) -> str:
     """The study's table; ``now`` by the clock trials are timed by (the database's). Reads
     what it prints (counts, the best trial, the running ones), not every trial."""
     attrs = study.user_attrs
@@ -32,13 +29,13 @@ def study_report(study: optuna.Study, progress: Progress, results: Results, now:
     lines = [
         f"study {study.study_name}: objective {attrs.get(keys.DATASET, '?')}, "
         f"{counted(epochs, 'epoch')} per trial, "
-        f"budget {progress.budget}, {study_pruner(study)} pruner",
+        f"budget {progress.budget}, {attrs.get(keys.PRUNER, DEFAULT_PRUNER)} pruner",
         f"  finished {progress.finished} (complete {progress.complete}, pruned {progress.pruned}, "
         f"failed {progress.failed}), running {progress.running}, waiting {progress.waiting}",
     ]
     if retried:
         lines.append(f"  {counted(retried, 'trial')} failed by a dead or stopped worker and continued by a retry")
-    best = best_or_none(study)
+    best = results.best(study.maximize)
     if best is not None:
         lines.append(f"best: trial {best.number}, val_acc {best.value:.2%}")
         lines.append(f"  params: {format_params(best.params)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,6 @@ from typing import Any, TypeVar
 
 import psycopg2
 import sqlalchemy
-from optuna.exceptions import StorageInternalError
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -57,9 +57,16 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _optuna_wrapper() -> type | tuple[()]:
+    """Optuna's wrapper of database errors, if Optuna is loaded: the commands that read
+    without it (status, best) never meet one, and need not import Optuna to say so."""
+    exceptions = sys.modules.get("optuna.exceptions")
+    return exceptions.StorageInternalError if exceptions is not None else ()
+
+
 def driver_error(error: BaseException) -> BaseException:
     """The DBAPI exception under Optuna's and SQLAlchemy's wrappers."""
-    while isinstance(error, StorageInternalError) and error.__cause__ is not None:
+    while isinstance(error, _optuna_wrapper()) and error.__cause__ is not None:
         error = error.__cause__
     if isinstance(error, DBAPIError) and error.orig is not None:
         return error.orig
@@ -67,7 +74,7 @@ def driver_error(error: BaseException) -> BaseException:
 
 
 def is_database_error(error: BaseException) -> bool:
-    return isinstance(error, (StorageInternalError, SQLAlchemyError, psycopg2.Error, sqlite3.Error))
+    return isinstance(error, (_optuna_wrapper(), SQLAlchemyError, psycopg2.Error, sqlite3.Error))
 
 
 def is_transient(error: BaseException) -> bool:
@@ -77,7 +84,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sqlalchemy.exc.TimeoutError):
         return True  # no pooled connection came free in time
     wrapped = error
-    while isinstance(wrapped, StorageInternalError) and wrapped.__cause__ is not None:
+    while isinstance(wrapped, _optuna_wrapper()) and wrapped.__cause__ is not None:
         wrapped = wrapped.__cause__
     if isinstance(wrapped, DBAPIError) and wrapped.connection_invalidated:
         return True

@@ -3,9 +3,7 @@ Optuna's), once per process."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy
@@ -14,49 +12,13 @@ from sqlalchemy.engine import URL
 
 from search.errors import UserError
 from search.storage import optuna_adapter
-from search.storage.connection import engine_kwargs, install_reply_timeout, single_connection_engine
+from search.storage.connection import engine_kwargs, install_reply_timeout
 from search.storage.failures import RECONNECT_PATIENCE_S, RetryPolicy, one_line_error
+from search.storage.reading import NoTablesYet, check_readable, check_reachable, sqlite_path
 from search.storage.resilient import ResilientStorage
-from search.storage.url import describe, is_sqlite, parse_url
+from search.storage.url import is_sqlite, parse_url
 
-
-class NoTablesYet(UserError):
-    """A database with no tables at all: a new one, whose first worker has not started yet."""
-
-
-def sqlite_path(url: URL, writable: bool) -> Path | None:
-    """The SQLite file, checked: None if it does not exist yet (and may be created)."""
-    path = Path(url.database).expanduser()
-    if path.is_dir():
-        raise UserError(f"{describe(url)} is a directory; give a file path such as {path / 'search.db'}")
-    if path.exists():
-        if writable and not (os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK)):
-            raise UserError(f"{describe(url)} is read-only (or its directory is); make it writable, or "
-                            f"copy it somewhere writable to add trials")
-        return path
-    directory = path.resolve().parent
-    if not writable:
-        raise UserError(f"no SQLite file {path}; check --storage (search run or search worker creates it)")
-    if not directory.is_dir():
-        raise UserError(f"cannot create {describe(url)}: directory {directory} does not exist; create it or "
-                        f"pass another --storage path")
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"cannot create {describe(url)}: directory {directory} is not writable; "
-                        f"pass another --storage path")
-    return None
-
-
-def check_reachable(url: URL, kwargs: dict[str, Any]) -> str:
-    """Connect once (failing in seconds, naming host and port) and inspect the schema:
-    ``optuna_adapter.schema_state``'s answer."""
-    engine = single_connection_engine(url, kwargs)
-    try:
-        return optuna_adapter.schema_state(engine, describe(url))
-    except Exception as error:
-        raise one_line_error(url, error, lambda problem: UserError(f"cannot reach {problem}"),
-                             "check that the server runs and the --storage URL (or SEARCH_STORAGE) is right") from None
-    finally:
-        engine.dispose()
+__all__ = ["NoTablesYet", "open_storage", "rdb_storage", "reader"]  # NoTablesYet: reading's, named here too
 
 
 def open_storage(url: URL | str, writable: bool = True, patience: float = RECONNECT_PATIENCE_S,
@@ -74,13 +36,12 @@ def open_storage(url: URL | str, writable: bool = True, patience: float = RECONN
     policy = RetryPolicy(url, patience) if notify is None else RetryPolicy(url, patience, notify)
     kwargs = engine_kwargs(url, read_only=not writable)
     storage = ResilientStorage(policy, kwargs, writable, rdb=None)
-    if not (is_sqlite(url) and sqlite_path(url, writable) is None):  # a new file: nothing to read yet
-        state = check_reachable(url, kwargs)
-        if state == "optuna":
-            storage.attach(rdb_storage(url, kwargs) if writable else reader(url, kwargs))
-        elif not writable:
-            lacking = NoTablesYet if state == "blank" else UserError
-            raise lacking(f"{describe(url)} holds no Optuna study storage (no tables); check --storage")
+    if not writable:
+        check_readable(url, kwargs)
+        storage.attach(reader(url, kwargs))
+    elif not (is_sqlite(url) and sqlite_path(url, writable) is None):  # a new file: nothing to read yet
+        if check_reachable(url, kwargs) == "optuna":
+            storage.attach(rdb_storage(url, kwargs))
     if writable and not deferred:
         storage.prepare()
     return storage

@@ -20,6 +20,7 @@ from search import keys
 from search.errors import UserError
 from search.storage.locks import named_lock
 from search.storage.optuna_adapter import study_id
+from search.study import lookup
 from search.study.compatibility import check_compatible
 from search.study.pruner import DEFAULT_PRUNER, make_pruner
 from search.study.spec import DEFAULT_BUDGET, DEFAULT_DATASET, StudySpec
@@ -35,29 +36,20 @@ def study_lock(storage: ResilientStorage, study_name: str) -> contextlib.Abstrac
 def load_existing(storage: optuna.storages.BaseStorage, name: str | None,
                   sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """The study called ``name``; with no name, the storage's only study (what a user of
-    one study means by ``search status``)."""
+    one study means by ``search report``)."""
     if name is None:
         name = only_study(storage)
         if name is None:
-            raise UserError("this storage holds no study yet; start one with search run or search worker, "
-                            "or check --storage")
+            raise UserError(lookup.NO_STUDY)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner())
     except KeyError:
-        known = optuna.study.get_all_study_names(storage)
-        raise UserError(
-            f"no study named {name!r} in this storage (studies: {', '.join(known) or 'none'}); "
-            f"check --study and --storage"
-        ) from None
+        raise lookup.missing(name, optuna.study.get_all_study_names(storage)) from None
 
 
 def only_study(storage: optuna.storages.BaseStorage) -> str | None:
     """The name of the storage's one study, None if it holds none; several is one line."""
-    known = optuna.study.get_all_study_names(storage)
-    if len(known) > 1:
-        raise UserError(f"this storage holds {len(known)} studies ({', '.join(known)}); pass --study NAME "
-                        f"(or set SEARCH_STUDY)")
-    return known[0] if known else None
+    return lookup.only(optuna.study.get_all_study_names(storage))
 
 
 def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:

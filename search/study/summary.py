@@ -3,13 +3,14 @@ slot across its attempts. Shared by ``best``, ``report`` and ``status``."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import optuna
-from optuna.trial import FrozenTrial
+from typing import TYPE_CHECKING, Any
 
 from search import keys
 from search.errors import UserError
+
+if TYPE_CHECKING:  # these functions read trials and studies by attribute: records do as well
+    import optuna
+    from optuna.trial import FrozenTrial
 
 
 def best_or_none(study: optuna.Study) -> FrozenTrial | None:
@@ -23,9 +24,13 @@ def best_or_none(study: optuna.Study) -> FrozenTrial | None:
 def best_trial(study: optuna.Study) -> FrozenTrial:
     best = best_or_none(study)
     if best is None:
-        raise UserError(f"study {study.study_name!r} has no completed trial yet; "
-                        f"let the workers finish one (see: search status --study {study.study_name})")
+        raise no_completed_trial(study.study_name)
     return best
+
+
+def no_completed_trial(study_name: str) -> UserError:
+    return UserError(f"study {study_name!r} has no completed trial yet; "
+                     f"let the workers finish one (see: search status --study {study_name})")
 
 
 def epochs_run(trial: FrozenTrial) -> int:

@@ -5,7 +5,9 @@ module of the storage layer (it imports nothing of this project but ``search.key
 The rest of ``search/`` uses public Optuna and this package (its modules: ``schema``,
 Optuna's tables; ``slots``, the slot transitions; ``writes``, a running trial's writes;
 ``tpe``, the sampler's history and TPE's log Phi; ``results``, what the result commands
-read; ``reader``, a read-only storage for them without Optuna's ORM; ``bulk``, whole trials stored at once for tests and benches). Each private touch,
+read; ``reader``, a read-only storage for them without Optuna's ORM; ``records``, a study's trials and
+progress as plain records, read without importing Optuna at all (status, best); ``bulk``, whole trials
+stored at once for tests and benches). Each private touch,
 and why no public call does the job:
 
 * ``_CachedStorage`` wraps the ``RDBStorage`` under ``search.storage.resilient.ResilientStorage`` for whole-study
@@ -69,40 +71,62 @@ and why no public call does the job:
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import asdict
-
-import optuna
-from optuna.storages import RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
-from optuna.trial import FrozenTrial
+from typing import TYPE_CHECKING, Any
 
 from search import keys
+from search.storage.optuna_adapter.records import Progress, StudyRecord, TrialRecord, read_progress, read_records
 from search.storage.optuna_adapter.schema import (
     SCHEMA_VERSION, create_indexes, database_now, has_indexes, schema_state, study_id, trial_id,
 )
-from search.storage.optuna_adapter.reader import Reader
-from search.storage.optuna_adapter.results import Results
-from search.storage.optuna_adapter.slots import MAX_CRASHES, Progress, References, Retrying, Slots
-from search.storage.optuna_adapter.tpe import STOCK_LOG_NDTR, StudyView, changed_trials, faster_tpe, log_ndtr
-from search.storage.optuna_adapter.writes import OwnWrite, finish_own, write_own
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.trial import FrozenTrial
+
+    from search.storage.optuna_adapter.reader import Reader
+    from search.storage.optuna_adapter.results import Results
+    from search.storage.optuna_adapter.slots import MAX_CRASHES, References, Retrying, Slots
+    from search.storage.optuna_adapter.tpe import STOCK_LOG_NDTR, StudyView, changed_trials, faster_tpe, log_ndtr
+    from search.storage.optuna_adapter.writes import OwnWrite, finish_own, write_own
+
+# The modules that import Optuna are loaded on first use of a name of theirs: ``records``
+# and ``schema`` read a study without it (``search status``, ``search best``).
+_HOMES = {"Reader": "reader", "Results": "results", "MAX_CRASHES": "slots", "References": "slots",
+          "Retrying": "slots", "Slots": "slots", "STOCK_LOG_NDTR": "tpe", "StudyView": "tpe",
+          "changed_trials": "tpe", "faster_tpe": "tpe", "log_ndtr": "tpe", "OwnWrite": "writes",
+          "finish_own": "writes", "write_own": "writes"}
 
 __all__ = ["MAX_CRASHES", "SCHEMA_VERSION", "STOCK_LOG_NDTR", "OwnWrite", "Progress", "Reader", "References", "Results",
-           "Retrying",
-           "Slots", "StudyView", "cached", "changed_trials", "create_indexes", "database_now", "faster_tpe",
-           "finish_own", "has_indexes", "log_ndtr", "open_trial", "register_artifact", "schema_state", "study_id",
-           "trial_id", "write_own"]
+           "Retrying", "Slots", "StudyRecord", "StudyView", "TrialRecord", "cached", "changed_trials", "create_indexes",
+           "database_now", "faster_tpe", "finish_own", "has_indexes", "log_ndtr", "open_trial", "read_progress",
+           "read_records", "register_artifact", "schema_state", "study_id", "trial_id", "write_own"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
 
 
 def cached(rdb: RDBStorage | Reader) -> optuna.storages.BaseStorage:
     """The storage whole-study reads go through: Optuna's trial cache over an
     ``RDBStorage``; a ``Reader`` as it is (it builds every trial afresh)."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    from search.storage.optuna_adapter.reader import Reader
+
     return rdb if isinstance(rdb, Reader) else _CachedStorage(rdb)
 
 
 def open_trial(study: optuna.Study, claimed_id: int, claimed: FrozenTrial | None = None) -> optuna.Trial:
     """The ``Trial`` of a claimed trial; ``claimed`` is that trial as just read, which the
     storage then keeps up to date in memory (``search.storage.own_trials``)."""
+    import optuna
+
     if claimed is not None:
         study._storage.own.adopt(claimed_id, study._study_id, claimed)
     return optuna.Trial(study, claimed_id)

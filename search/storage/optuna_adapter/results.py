@@ -10,65 +10,47 @@ Trials are built by ``read_trials``: one Core query per table for any set of tri
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import sqlalchemy as sa
-from optuna.trial import FrozenTrial, TrialState
 
 from search import keys
-from search.storage.optuna_adapter.schema import (
-    ROW_ID, from_stored, intermediate, params, study_system_attrs, system_attrs, trial_id, trials, user_attrs,
-    values,
+from search.storage.optuna_adapter.records import (
+    TrialRecord, attrs_of, objective_values, steps_of, trial_rows,
 )
+from search.storage.optuna_adapter.schema import study_system_attrs, system_attrs, trial_id, trials, user_attrs, values
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 
 @lru_cache(maxsize=256)
 def _distribution(stored: str) -> optuna.distributions.BaseDistribution:
-    return optuna.distributions.json_to_distribution(stored)
+    from optuna.distributions import json_to_distribution
+
+    return json_to_distribution(stored)
 
 
-def read_trials(connection: sa.Connection, where: Any) -> list[FrozenTrial]:
+def read_trials(connection: sa.Connection, where: Any) -> list[FrozenTrial | TrialRecord]:
     """The trials that ``where`` (a condition on the trials table) selects, in order, as
     ``RDBStorage.get_trial`` gives them."""
-    rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
-    if not rows:
-        return []
-    chosen = sa.select(trials.c.trial_id).where(where)
+    from optuna.trial import FrozenTrial
 
-    def per_trial(table: sa.Table, *columns: sa.Column) -> dict[int, list[Any]]:
-        # In the order Optuna's ORM reads them back: attributes by key (its index), the
-        # rest as written.
-        order = table.c.key if "key" in table.c else table.c[ROW_ID[table.name]]
-        found: dict[int, list[Any]] = defaultdict(list)
-        for row in connection.execute(sa.select(table.c.trial_id, *columns)
-                                      .where(table.c.trial_id.in_(chosen)).order_by(order)):
-            found[row[0]].append(row[1:])
-        return found
-
-    trial_values = per_trial(values, values.c.objective, values.c.value, values.c.value_type)
-    trial_params = per_trial(params, params.c.param_name, params.c.param_value, params.c.distribution_json)
-    steps = per_trial(intermediate, intermediate.c.step, intermediate.c.intermediate_value,
-                      intermediate.c.intermediate_value_type)
-    users = per_trial(user_attrs, user_attrs.c.key, user_attrs.c.value_json)
-    systems = per_trial(system_attrs, system_attrs.c.key, system_attrs.c.value_json)
+    rows = trial_rows(connection, where)
     made = []
-    for row in rows:
+    for row in rows.trials:
         row_id = row.trial_id
-        distributions = {name: _distribution(stored) for name, _, stored in trial_params.get(row_id, ())}
+        distributions = {name: _distribution(stored) for name, _, stored in rows.params.get(row_id, ())}
         made.append(FrozenTrial(
-            number=row.number, state=row.state, value=None,
-            values=[from_stored(value, kind) for _, value, kind in sorted(trial_values.get(row_id, ()))] or None,
+            number=row.number, state=row.state, value=None, values=objective_values(rows, row_id),
             datetime_start=row.datetime_start, datetime_complete=row.datetime_complete,
             params={name: distributions[name].to_external_repr(value)
-                    for name, value, _ in trial_params.get(row_id, ())},
-            distributions=distributions,
-            user_attrs={key: json.loads(value) for key, value in users.get(row_id, ())},
-            system_attrs={key: json.loads(value) for key, value in systems.get(row_id, ())},
-            intermediate_values={step: from_stored(value, kind) for step, value, kind in steps.get(row_id, ())},
+                    for name, value, _ in rows.params.get(row_id, ())},
+            distributions=distributions, user_attrs=attrs_of(rows.users, row_id),
+            system_attrs=attrs_of(rows.systems, row_id), intermediate_values=steps_of(rows, row_id),
             trial_id=row_id))
     return made
 
@@ -77,10 +59,12 @@ class Results:
     """The reads of one study; ``retrying`` is the storage's retry policy (a read is
     repeated after a lost connection)."""
 
-    def __init__(self, engine: sa.Engine, retrying: Any, study_id: int) -> None:
+    def __init__(self, engine: sa.Engine, retrying: Any, study_id: int,
+                 build: Callable[[sa.Connection, Any], list[Any]] = read_trials) -> None:
         self.engine = engine
         self.retrying = retrying
         self.study_id = study_id
+        self.build = build  # read_trials (FrozenTrial), or records.read_records (no Optuna)
 
     def _rows(self, query: Any) -> list[Any]:
         def read() -> list[Any]:
@@ -88,15 +72,15 @@ class Results:
                 return connection.execute(query).all()
         return self.retrying(read)
 
-    def _trials(self, where: Any) -> list[FrozenTrial]:
-        def read() -> list[FrozenTrial]:
+    def _trials(self, where: Any) -> list[Any]:
+        def read() -> list[Any]:
             with self.engine.connect() as connection:
-                return read_trials(connection, where)
+                return self.build(connection, where)
         return self.retrying(read)
 
-    def running(self) -> list[FrozenTrial]:
+    def running(self) -> list[FrozenTrial | TrialRecord]:
         """The RUNNING trials, in order (an index of this project's finds them)."""
-        return self._trials(sa.and_(trials.c.study_id == self.study_id, trials.c.state == TrialState.RUNNING))
+        return self._trials(sa.and_(trials.c.study_id == self.study_id, trials.c.state == "RUNNING"))
 
     def continued(self) -> int:
         """Trials failed by a lost or stopped worker and continued by a retry: the study's
@@ -117,7 +101,7 @@ class Results:
         reason = user_attrs.c.value_json
         query = (sa.select(reason, sa.func.count()).select_from(trials.outerjoin(
             user_attrs, sa.and_(user_attrs.c.trial_id == trials.c.trial_id, user_attrs.c.key == keys.FAIL_REASON)))
-            .where(trials.c.study_id == self.study_id, trials.c.state == TrialState.FAIL, ~sa.exists(continued))
+            .where(trials.c.study_id == self.study_id, trials.c.state == "FAIL", ~sa.exists(continued))
             .group_by(reason).order_by(sa.func.count().desc(), sa.func.min(trials.c.trial_id)).limit(limit))
         return [(None if text is None else json.loads(text), count) for text, count in self._rows(query)]
 
@@ -126,7 +110,7 @@ class Results:
         as Optuna's ``best_trial`` ranks them (an infinite value in the study's direction
         first). Both reads walk an index of this project's (``schema.INDEXES``)."""
         ours = sa.select(trials.c.trial_id).join(values, values.c.trial_id == trials.c.trial_id).where(
-            trials.c.study_id == self.study_id, trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
+            trials.c.study_id == self.study_id, trials.c.state == "COMPLETE", values.c.objective == 0)
         infinite = [row[0] for row in self._rows(ours.where(
             values.c.value.is_(None), values.c.value_type == ("INF_POS" if maximize else "INF_NEG"))
             .order_by(trials.c.trial_id).limit(n))]
@@ -135,13 +119,18 @@ class Results:
             values.c.value_type == "FINITE").order_by(value, trials.c.trial_id).limit(n - len(infinite)))]
         return infinite + finite
 
-    def fetch(self, ids: Iterable[int]) -> list[FrozenTrial]:
+    def best(self, maximize: bool) -> FrozenTrial | TrialRecord | None:
+        """The best COMPLETE trial (``best_ids``' first), None while there is none."""
+        found = self.fetch(self.best_ids(1, maximize))
+        return found[0] if found else None
+
+    def fetch(self, ids: Iterable[int]) -> list[FrozenTrial | TrialRecord]:
         """These trials, in the order given."""
         ids = list(ids)
         found = {trial_id(trial): trial for trial in self._trials(trials.c.trial_id.in_(ids))} if ids else {}
         return [found[one] for one in ids if one in found]
 
-    def by_numbers(self, numbers: Iterable[int]) -> dict[int, FrozenTrial]:
+    def by_numbers(self, numbers: Iterable[int]) -> dict[int, FrozenTrial | TrialRecord]:
         """The study's trials with these numbers (those that exist)."""
         numbers = sorted(set(numbers))
         if not numbers:
@@ -166,13 +155,13 @@ class Results:
 
     def unfinished_ids(self) -> list[int]:
         return [row[0] for row in self._rows(sa.select(trials.c.trial_id).where(
-            trials.c.study_id == self.study_id, trials.c.state.in_((TrialState.RUNNING, TrialState.WAITING))))]
+            trials.c.study_id == self.study_id, trials.c.state.in_(("RUNNING", "WAITING"))))]
 
-    def in_view(self, included: set[int], after_id: int) -> list[FrozenTrial]:
+    def in_view(self, included: set[int], after_id: int) -> list[FrozenTrial | TrialRecord]:
         """The trials in ``included`` and every trial whose id is above ``after_id``, in order."""
         return self._trials(sa.and_(trials.c.study_id == self.study_id,
                                     sa.or_(trials.c.trial_id.in_(sorted(included)), trials.c.trial_id > after_id)))
 
-    def every_trial(self) -> list[FrozenTrial]:
+    def every_trial(self) -> list[FrozenTrial | TrialRecord]:
         """Every trial of the study, in order, as ``get_all_trials`` gives them."""
         return self._trials(trials.c.study_id == self.study_id)

@@ -6,19 +6,40 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import sqlalchemy as sa
-from optuna.trial import TrialState
-from sqlalchemy.dialects import postgresql, sqlite
 
 from search.errors import StorageError
+
+if TYPE_CHECKING:
+    import optuna
 
 SCHEMA_VERSION = 12  # Optuna 4.x-5.x; the tables below are checked against it on open
 
 _meta = sa.MetaData()
-_state = sa.Enum(TrialState, name="trialstate", create_constraint=False, native_enum=True)
+
+
+class _State(sa.types.TypeDecorator):
+    """Optuna's ``trialstate`` column: binds a ``TrialState`` or its name, reads a
+    ``TrialState``, importing Optuna at the first state read. Reads that only filter or
+    count by state (status, best) never load Optuna: its import (numpy, tqdm) is a
+    third of a one-second command."""
+
+    impl = sa.Enum("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING", name="trialstate", create_constraint=False,
+                   native_enum=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else getattr(value, "name", value)
+
+    def process_result_value(self, value: str | None, dialect: sa.Dialect) -> Any:
+        from optuna.trial import TrialState
+
+        return None if value is None else TrialState[value]
+
+
+_state = _State()
 studies = sa.Table("studies", _meta, sa.Column("study_id", sa.Integer, primary_key=True),
                    sa.Column("study_name", sa.String))
 directions = sa.Table("study_directions", _meta, sa.Column("study_id", sa.Integer),
@@ -134,6 +155,8 @@ def database_now(engine: sa.Engine) -> datetime:
 
 
 def _insert(connection: sa.Connection) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite  # writes only: readers need neither
+
     return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert
 
 

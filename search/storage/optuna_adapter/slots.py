@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from search import keys
+from search.storage.optuna_adapter.records import Progress, read_progress
 from search.storage.optuna_adapter.schema import (
     _insert, _now, _set_attrs, heartbeats, intermediate, params, studies, study_system_attrs, study_user_attrs,
     system_attrs, trials, user_attrs,
@@ -26,26 +27,6 @@ from search.storage.optuna_adapter.schema import (
 Retrying = Callable[..., Any]
 
 MAX_CRASHES = 3  # stale failures of one slot before it starts over with fresh parameters
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A study's slots: the budget and the current trial of every slot, by state."""
-
-    budget: int
-    complete: int
-    pruned: int
-    failed: int
-    running: int
-    waiting: int
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned + self.failed
-
-    @property
-    def done(self) -> bool:
-        return self.running == self.waiting == 0 and self.finished >= self.budget
 
 
 @dataclass(frozen=True)
@@ -92,33 +73,9 @@ class Slots:
         return self.retrying(increment)
 
     def progress(self) -> Progress:
-        """One statement (one snapshot): each count walks an index of this project's, and
-        COMPLETE is the rest, so the cost does not grow with the finished trials (a GROUP BY
-        state read the whole study: 40-60 ms at 100,000 trials). Continued trials (all FAIL)
-        are the counter ``Slots`` keeps, counted for a study that has none yet."""
-        def count(state: TrialState) -> Any:
-            return sa.select(sa.func.count()).where(trials.c.study_id == self.study_id,
-                                                    trials.c.state == state).scalar_subquery()
-
-        counter = sa.select(sa.cast(study_system_attrs.c.value_json, sa.Integer)).where(
-            study_system_attrs.c.study_id == self.study_id,
-            study_system_attrs.c.key == keys.CONTINUED_COUNT).scalar_subquery()
-        counted = sa.select(sa.func.count()).select_from(system_attrs.join(
-            trials, trials.c.trial_id == system_attrs.c.trial_id)).where(
-            trials.c.study_id == self.study_id, system_attrs.c.key == keys.CONTINUED_BY).scalar_subquery()
-        highest = sa.select(sa.func.max(trials.c.number)).where(trials.c.study_id == self.study_id).scalar_subquery()
-        budget = sa.select(study_user_attrs.c.value_json).where(
-            study_user_attrs.c.study_id == self.study_id, study_user_attrs.c.key == keys.BUDGET).scalar_subquery()
-        query = sa.select(highest, count(TrialState.FAIL), count(TrialState.PRUNED), count(TrialState.RUNNING),
-                          count(TrialState.WAITING), sa.func.coalesce(counter, counted), budget)
-
         def read() -> Progress:
             with self.engine.connect() as connection:
-                top, failed, pruned, running, waiting, continued, stored = connection.execute(query).one()
-            slots = (-1 if top is None else top) + 1 - continued  # numbers are dense: see _count
-            return Progress(budget=slots if stored is None else int(json.loads(stored)),
-                            complete=slots - (failed - continued) - pruned - running - waiting,
-                            pruned=pruned, failed=failed - continued, running=running, waiting=waiting)
+                return read_progress(connection, self.study_id)
         return self.retrying(read)
 
     def claim(self, owner: str, labels: dict[str, str] | None = None) -> int | None:
