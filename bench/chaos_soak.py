@@ -32,7 +32,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from bench.soak import inject, report
+from bench.soak import close_budget, inject, report
 from search import keys
 from tests.support.postgres import PostgresServer
 from tests.support.proxy import FaultProxy
@@ -216,10 +216,8 @@ def main() -> None:
                 menu = {name: fault for name, fault in menu.items() if name in QUICK_FAULTS}
             injected = inject(menu, args.minutes, args.every, started)
             proxy.heal()
-            # Close the budget at the slots opened so far, so the run ends soon.
-            study = optuna.load_study(study_name=STUDY, storage=url)
-            opened = sum(keys.CONTINUED_BY not in t.system_attrs for t in study.get_trials(deepcopy=False))
-            study.set_user_attr(keys.BUDGET, opened)
+            fleet.restarting = False  # a worker started now would raise the budget again (--n-trials)
+            opened = close_budget(url, STUDY)
             print(f"{time.monotonic() - started:7.0f} s  faults stop; budget closed at {opened} slots", flush=True)
             fleet.wait(timeout=900)
             stop_sampling.set()

@@ -41,7 +41,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives.datasets import fashion_mnist
-from bench.soak import inject, report
+from bench.soak import close_budget, inject, report
 from search import keys
 from tests.support.datafiles import write_fashion_mnist
 from tests.support.hosts import Host, Network
@@ -290,9 +290,8 @@ def main() -> None:
             for host in network.hosts.values():
                 host.heal()
             fleet.down.clear()
-            study = optuna.load_study(study_name=STUDY, storage=soak.url)
-            opened = sum(keys.CONTINUED_BY not in t.system_attrs for t in study.get_trials(deepcopy=False))
-            study.set_user_attr(keys.BUDGET, opened)
+            fleet.restarting = False  # a worker started now would raise the budget again (--n-trials)
+            opened = close_budget(soak.url, STUDY)
             print(f"{time.monotonic() - started:7.0f} s  faults stop; budget closed at {opened} slots", flush=True)
             fleet.wait(timeout=900)
             stop_sampling.set()

@@ -7,6 +7,10 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
+import optuna
+
+from search import keys
+
 
 def inject(menu: Mapping[str, Callable[[], None]], minutes: float, every: tuple[float, float],
            started: float) -> collections.Counter[str]:
@@ -21,6 +25,22 @@ def inject(menu: Mapping[str, Callable[[], None]], minutes: float, every: tuple[
         menu[name]()
         injected[name] += 1
     return injected
+
+
+def close_budget(url: str, study_name: str) -> int:
+    """Set the study's budget to the slots opened so far, so that the run ends soon; returns
+    it. A claim that read the old budget may still commit after the count (a claim takes
+    the study's row lock, this write does not): count again after a pause until the count
+    stands; once the new budget is written no claim passes it."""
+    study = optuna.load_study(study_name=study_name, storage=url)
+    closed = None
+    while True:
+        opened = sum(keys.CONTINUED_BY not in t.system_attrs for t in study.get_trials(deepcopy=False))
+        if opened == closed:
+            return closed
+        study.set_user_attr(keys.BUDGET, opened)
+        closed = opened
+        time.sleep(2)
 
 
 def report(injected: collections.Counter[str], exits: collections.Counter, result: Mapping[str, int]) -> None:
