@@ -34,7 +34,7 @@ def _distribution(stored: str) -> optuna.distributions.BaseDistribution:
     return json_to_distribution(stored)
 
 
-def read_trials(connection: sa.Connection, where: Any) -> list[FrozenTrial | TrialRecord]:
+def read_trials(connection: sa.Connection, where: Any) -> list[FrozenTrial]:
     """The trials that ``where`` (a condition on the trials table) selects, in order, as
     ``RDBStorage.get_trial`` gives them."""
     from optuna.trial import FrozenTrial
