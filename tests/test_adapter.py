@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from search.storage import ResilientStorage, open_storage
 from search.study.join import join_study, study_lock
 from search.study.spec import StudySpec
 from tests.support.proxy import FaultProxy
+from tests.support.workers import search_env
 
 SPEC = StudySpec("slots", "fashion_mnist", 3)
 
@@ -252,3 +255,82 @@ def test_a_session_reused_after_its_connection_died_counts_as_connection_loss():
             wrapped = optuna.exceptions.StorageInternalError("commit failed")
             wrapped.__cause__ = error
             assert is_transient(wrapped) is expected
+
+
+def _finishing(storage: ResilientStorage, trial_id: int) -> sqlalchemy.Connection:
+    """A worker's finish, halfway: its trial row locked and its value written, the state
+    change (an update of ``trials``) still to come; the transaction is left open."""
+    connection = storage.transactions.connect()
+    connection.begin()
+    connection.execute(sqlalchemy.text("SELECT state FROM trials WHERE trial_id = :t FOR UPDATE"), {"t": trial_id})
+    connection.execute(sqlalchemy.text("INSERT INTO trial_values (trial_id, objective, value, value_type) "
+                                       "VALUES (:t, 0, 0.5, 'FINITE')"), {"t": trial_id})
+    return connection
+
+
+def _start(url: str) -> subprocess.Popen:
+    """What a new worker process does first: open the storage, ready to write."""
+    return subprocess.Popen([sys.executable, "-c", "import sys; from search.storage import open_storage; "
+                             "open_storage(sys.argv[1], patience=20).close()", url], env=search_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_workers_starting_together_take_no_lock_on_the_study_the_first_one_runs(postgres):
+    """Workers started at the same instant on an empty database: the first creates the
+    tables and indexes and starts a trial while the others, queued on the schema lock,
+    still come to create them. Those find the indexes there and lock nothing (a CREATE
+    INDEX IF NOT EXISTS locks its table before it looks: it waited for the first worker's
+    open transaction, and deadlocked with its finish)."""
+    url = postgres.new_database()
+    storage = open_storage(url, patience=20)
+    try:
+        study, slots = joined(storage, 1)
+        writing = _finishing(storage, slots.claim("w"))
+        late = threading.Thread(target=optuna_adapter.create_indexes, args=(storage.rdb.engine,), daemon=True)
+        try:
+            late.start()
+            late.join(10)
+            assert not late.is_alive(), "a late start waited on the running trial's transaction"
+        finally:
+            writing.commit()
+            writing.close()
+            late.join(30)
+    finally:
+        storage.close()
+
+
+def test_indexes_added_to_a_running_study_never_deadlock_with_a_finishing_trial(postgres):
+    """Optuna's tables without this project's indexes (made by Optuna or an older version)
+    while a worker finishes a trial: the start that adds them waits for that worker's
+    transaction, and never holds one table's lock while it waits for another's (which the
+    finish, writing ``trial_values`` then ``trials``, met as a deadlock)."""
+    url = postgres.new_database()
+    storage = open_storage(url, patience=20)
+    try:
+        study, slots = joined(storage, 1)
+        trial_id = slots.claim("w")
+        with storage.transactions.begin() as connection:
+            connection.execute(sqlalchemy.text("DROP INDEX hpsearch_trials_number, hpsearch_values_best"))
+        writing = _finishing(storage, trial_id)
+        started = _start(url)
+        try:
+            waiting = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE 'CREATE INDEX%trial_values%'")
+            deadline = time.monotonic() + 30
+            with storage.rdb.engine.connect() as watching:
+                while watching.execute(waiting).scalar() == 0:
+                    assert time.monotonic() < deadline and started.poll() is None, "the start never met the lock"
+                    time.sleep(0.1)
+                    watching.rollback()
+            writing.execute(sqlalchemy.text("UPDATE trials SET state = 'COMPLETE' WHERE trial_id = :t"),
+                            {"t": trial_id})
+            writing.commit()
+        finally:
+            writing.close()
+            output, _ = started.communicate(timeout=30)
+        assert started.returncode == 0, output
+        assert optuna_adapter.has_indexes(storage.rdb.engine)
+        assert storage.rdb.get_trial(trial_id).state == TrialState.COMPLETE
+    finally:
+        storage.close()
+

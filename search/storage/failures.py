@@ -2,7 +2,8 @@
 is retried.
 
 * ``is_transient`` says which errors a retry can fix (connection loss, a server restarting,
-  lock timeouts, deadlocks); everything else (a full disk, a foreign schema, no
+  and ``is_conflict``'s: a transaction rolled back for another, as a deadlock victim or
+  after a lock timeout, on a connection that is fine); everything else (a full disk, a foreign schema, no
   permission) becomes one ``StorageError`` line naming the storage and the fix.
 * ``RetryPolicy.retrying`` retries transient failures for up to the reconnect patience. A
   write whose reply was lost may or may not have committed: the caller passes a
@@ -36,6 +37,7 @@ RECONNECT_PATIENCE_S = 300.0
 # SQLSTATEs a retry can fix: the server is shutting down or starting, too many
 # connections, a serialization failure, a deadlock, a lock wait that timed out.
 TRANSIENT_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03"}
+CONFLICT_SQLSTATES = {"40001", "40P01", "55P03"}  # of those, the ones that leave the connection fine
 FIXES = {  # SQLSTATE (or its class) -> what the user should do
     "53100": "free disk space on the database server",
     "53": "give the database server more resources",
@@ -104,6 +106,16 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def is_conflict(error: BaseException) -> bool:
+    """True for a transaction the database rolled back because of another one (a deadlock,
+    a serialization failure, a lock wait that timed out, SQLite's busy file): retried like
+    a lost connection, but the database was reachable all along."""
+    cause = driver_error(error)
+    if isinstance(cause, psycopg2.Error):
+        return cause.pgcode in CONFLICT_SQLSTATES
+    return isinstance(cause, sqlite3.OperationalError) and "database is locked" in str(cause)
+
+
 def first_line(error: BaseException) -> str:
     text = str(driver_error(error)).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -165,9 +177,9 @@ class RetryPolicy:
     def is_sqlite(self) -> bool:
         return is_sqlite(self.url)
 
-    def _recovered(self, deadline: float | None) -> None:
+    def _recovered(self, lost: bool) -> None:
         self.health.ok()
-        if deadline is not None:
+        if lost:
             self.notify(f"reconnected to {describe(self.url)}")
 
     def retrying(self, call: Callable[[], T], resolve: Callable[[], Any] | None = None) -> T:
@@ -176,29 +188,36 @@ class RetryPolicy:
         whether the failed call's write happened: anything but None is the result."""
         deadline: float | None = None
         delay = 0.2
-        in_doubt = False
+        in_doubt = lost = False
         while True:
             try:
                 if in_doubt and resolve is not None:
                     outcome = resolve()
                     if outcome is not None:
-                        self._recovered(deadline)
+                        self._recovered(lost)
                         return outcome
                 result = call()
-                self._recovered(deadline)
+                self._recovered(lost)
                 return result
             except Exception as error:
                 if not is_database_error(error):
                     raise
                 if not is_transient(error):
                     raise storage_error(self.url, error) from error
-                self.health.lost()
+                conflict = is_conflict(error)
+                if not conflict:
+                    self.health.lost()
                 in_doubt = True
                 now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.patience
+                if not conflict and not lost:
+                    lost = True
                     self.notify(f"lost the connection to {describe(self.url)} ({first_line(error)}); "
                                 f"reconnecting for up to {self.patience:.0f} s")
+                elif conflict and deadline is None:
+                    self.notify(f"a transaction on {describe(self.url)} conflicted with another "
+                                f"({first_line(error)}); retrying for up to {self.patience:.0f} s")
+                if deadline is None:
+                    deadline = now + self.patience
                 elif now >= deadline:
                     raise DatabaseLost(
                         f"{describe(self.url)} unreachable for {self.patience:.0f} s ({first_line(error)}); "
@@ -216,7 +235,8 @@ class RetryPolicy:
             call()
         except Exception as error:
             if is_transient(error):
-                self.health.lost()
+                if not is_conflict(error):
+                    self.health.lost()
             else:
                 self.notify(f"{what} failed: {error}")
             return False

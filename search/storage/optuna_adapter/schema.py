@@ -185,19 +185,27 @@ INDEXES = {
 }
 
 
-def has_indexes(engine: sa.Engine) -> bool:
+def missing_indexes(engine: sa.Engine) -> list[str]:
     inspector = sa.inspect(engine)
     tables = {definition.split(" ", 1)[0] for definition in INDEXES.values()}
     found = {index["name"] for table in tables for index in inspector.get_indexes(table)}
-    return set(INDEXES) <= found
+    return [name for name in INDEXES if name not in found]
+
+
+def has_indexes(engine: sa.Engine) -> bool:
+    return not missing_indexes(engine)
 
 
 def create_indexes(engine: sa.Engine) -> None:
-    """Add this project's indexes to Optuna's tables (the caller holds the schema lock). A
+    """Add the missing ones of this project's indexes to Optuna's tables (the caller holds
+    the schema lock). Each in a transaction of its own, and none that exists: CREATE INDEX
+    locks its table against writes (IF NOT EXISTS too, before it looks), and one
+    transaction holding that lock on ``trials`` while it waits for ``trial_values`` deadlocks
+    with a running worker's finish, which writes ``trial_values`` and then ``trials``. A
     role that may not create them (not the tables' owner) still works, only slower."""
-    try:
-        with engine.begin() as connection:
-            for name, definition in INDEXES.items():
-                connection.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {definition}")
-    except sa.exc.DBAPIError:
-        pass
+    for name in missing_indexes(engine):
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {INDEXES[name]}")
+        except sa.exc.DBAPIError:
+            pass
