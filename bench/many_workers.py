@@ -11,7 +11,7 @@ so 200 of them fit in memory and start in seconds.
 
 Prints: finished trials against the budget (exact: not one more, not one less), trial
 states, worker exit codes, how long until every worker had joined, connection errors (every "lost the connection" line a worker
-logged, and every error exit), the peak number of server connections (client backends
+logged, every transaction retried after a conflict with another, such as a deadlock, and every error exit), the peak number of server connections (client backends
 in ``pg_stat_activity``, polled every 0.2 s).
 
     python -m bench.many_workers [--workers 200] [--trials 2000] [--epoch-seconds 0.2] [--quick]
@@ -122,6 +122,7 @@ def main() -> None:
 
         lines = [line.split(" ", 1) for log in children.values() for line in log.read_text().splitlines()]
         lost = [line for _, line in lines if "lost the connection" in line]
+        conflicts = [line for _, line in lines if "conflicted with another" in line]
         errors = [line for _, line in lines if line.startswith("ERROR:")]
         joined = sorted(float(at) - started_at for at, line in lines if " joined study " in line)
         trials = optuna.load_study(study_name=STUDY, storage=server.url(url.rsplit("/", 1)[1])).get_trials(
@@ -142,13 +143,14 @@ def main() -> None:
     if joined:
         print(f"joined: {len(joined)} workers, the last {joined[-1]:.0f} s after the first start "
               f"(starts staggered {args.stagger} s: the last started at {args.stagger * (args.workers - 1):.0f} s)")
-    print(f"connection errors: {len(lost)} lost-connection lines, {len(errors)} worker errors")
-    for line in (lost + errors)[:5]:
+    print(f"connection errors: {len(lost)} lost-connection lines, {len(conflicts)} transactions retried after a "
+          f"conflict, {len(errors)} worker errors")
+    for line in (lost + conflicts + errors)[:5]:
         print(f"  {line}")
     print(f"peak server connections: {peaks.server} of max_connections={max_connections} "
           f"(client backends other than this benchmark's probe)")
     print(f"throughput: {finished / elapsed:.1f} trials/s")
-    ok = finished == args.trials and not lost and not errors and set(codes) == {0}
+    ok = finished == args.trials and not lost and not conflicts and not errors and set(codes) == {0}
     print("PASS" if ok else "FAIL")
     shutil.rmtree(work_dir, ignore_errors=True)
     sys.exit(0 if ok else 1)

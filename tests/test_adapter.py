@@ -334,3 +334,52 @@ def test_indexes_added_to_a_running_study_never_deadlock_with_a_finishing_trial(
     finally:
         storage.close()
 
+
+def test_a_deadlock_victim_is_retried_as_a_conflict_not_a_lost_connection(postgres):
+    """A transaction the server rolls back as a deadlock's victim runs again; the worker
+    says it met a conflict (not a lost connection), and its health (which times how long it
+    has reached the database, before it may declare other workers dead) stays unbroken."""
+    from search.storage.failures import RetryPolicy
+    from search.storage.url import parse_url
+
+    url = postgres.new_database()
+    engine = sqlalchemy.create_engine(url)
+    said: list[str] = []
+    policy = RetryPolicy(parse_url(url), patience=20, notify=said.append)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("CREATE TABLE pair (id int PRIMARY KEY, v int)"))
+        connection.execute(sqlalchemy.text("INSERT INTO pair VALUES (1, 0), (2, 0)"))
+    holds_two, call_holds_one = threading.Event(), threading.Event()
+
+    def other() -> None:  # takes 2, then 1
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("UPDATE pair SET v = v + 1 WHERE id = 2"))
+            holds_two.set()
+            call_holds_one.wait(10)
+            connection.execute(sqlalchemy.text("UPDATE pair SET v = v + 1 WHERE id = 1"))
+
+    attempts = []
+
+    def call() -> int:  # takes 1, then 2; checks for a deadlock first, so it is the victim
+        attempts.append(1)
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("SET LOCAL deadlock_timeout = '100ms'"))
+            connection.execute(sqlalchemy.text("UPDATE pair SET v = v + 10 WHERE id = 1"))
+            if len(attempts) == 1:
+                call_holds_one.set()
+                time.sleep(0.3)  # the other transaction now waits for row 1
+            connection.execute(sqlalchemy.text("UPDATE pair SET v = v + 10 WHERE id = 2"))
+        return len(attempts)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert holds_two.wait(10)
+        assert policy.retrying(call) == 2
+    finally:
+        thread.join(20)
+    assert policy.health.connected_for() > 0.3
+    assert len(said) == 1 and "conflicted with another (deadlock detected); retrying" in said[0], said
+    with engine.connect() as connection:
+        assert connection.execute(sqlalchemy.text("SELECT v FROM pair ORDER BY id")).scalars().all() == [11, 11]
+    engine.dispose()
