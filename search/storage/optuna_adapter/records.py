@@ -190,25 +190,31 @@ class Progress:
         return self.running == self.waiting == 0 and self.finished >= self.budget
 
 
-def read_progress(connection: sa.Connection, study_id: int) -> Progress:
-    """One statement (one snapshot): each count walks an index of this project's, and
-    COMPLETE is the rest, so the cost does not grow with the finished trials (a GROUP BY
-    state read the whole study: 40-60 ms at 100,000 trials). Continued trials (all FAIL)
-    are the counter ``Slots`` keeps, counted for a study that has none yet."""
-    def count(state: str) -> Any:
-        return sa.select(sa.func.count()).where(trials.c.study_id == study_id, trials.c.state == state).scalar_subquery()
-
+def continued_counts(study_id: int) -> tuple[Any, Any]:
+    """How many trials of the study a successor continues (all of them FAIL): the counter
+    ``Slots`` keeps with the study (NULL for a study that has none yet) and the count, as
+    scalar subqueries. ``coalesce`` of the two reads the count only where it must."""
     counter = sa.select(sa.cast(study_system_attrs.c.value_json, sa.Integer)).where(
         study_system_attrs.c.study_id == study_id, study_system_attrs.c.key == keys.CONTINUED_COUNT).scalar_subquery()
     counted = sa.select(sa.func.count()).select_from(system_attrs.join(
         trials, trials.c.trial_id == system_attrs.c.trial_id)).where(
         trials.c.study_id == study_id, system_attrs.c.key == keys.CONTINUED_BY).scalar_subquery()
+    return counter, counted
+
+
+def read_progress(connection: sa.Connection, study_id: int) -> Progress:
+    """One statement (one snapshot): each count walks an index of this project's, and
+    COMPLETE is the rest, so the cost does not grow with the finished trials (a GROUP BY
+    state read the whole study: 40-60 ms at 100,000 trials)."""
+    def count(state: str) -> Any:
+        return sa.select(sa.func.count()).where(trials.c.study_id == study_id, trials.c.state == state).scalar_subquery()
+
     highest = sa.select(sa.func.max(trials.c.number)).where(trials.c.study_id == study_id).scalar_subquery()
     budget = sa.select(study_user_attrs.c.value_json).where(
         study_user_attrs.c.study_id == study_id, study_user_attrs.c.key == keys.BUDGET).scalar_subquery()
     top, failed, pruned, running, waiting, continued, stored = connection.execute(sa.select(
         highest, count("FAIL"), count("PRUNED"), count("RUNNING"), count("WAITING"),
-        sa.func.coalesce(counter, counted), budget)).one()
+        sa.func.coalesce(*continued_counts(study_id)), budget)).one()
     slots = (-1 if top is None else top) + 1 - continued  # numbers are dense: see Slots._count
     return Progress(budget=slots if stored is None else int(json.loads(stored)),
                     complete=slots - (failed - continued) - pruned - running - waiting,

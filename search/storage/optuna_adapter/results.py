@@ -18,9 +18,9 @@ import sqlalchemy as sa
 
 from search import keys
 from search.storage.optuna_adapter.records import (
-    TrialRecord, attrs_of, objective_values, steps_of, trial_rows,
+    TrialRecord, attrs_of, continued_counts, objective_values, steps_of, trial_rows,
 )
-from search.storage.optuna_adapter.schema import study_system_attrs, system_attrs, trial_id, trials, user_attrs, values
+from search.storage.optuna_adapter.schema import system_attrs, trial_id, trials, user_attrs, values
 
 if TYPE_CHECKING:
     import optuna
@@ -85,13 +85,7 @@ class Results:
     def continued(self) -> int:
         """Trials failed by a lost or stopped worker and continued by a retry: the study's
         counter of them (``Slots`` keeps it), else counted."""
-        counter = self._rows(sa.select(study_system_attrs.c.value_json).where(
-            study_system_attrs.c.study_id == self.study_id, study_system_attrs.c.key == keys.CONTINUED_COUNT))
-        if counter:
-            return int(json.loads(counter[0][0]))
-        return self._rows(sa.select(sa.func.count()).select_from(trials.join(
-            system_attrs, system_attrs.c.trial_id == trials.c.trial_id)).where(
-            trials.c.study_id == self.study_id, system_attrs.c.key == keys.CONTINUED_BY))[0][0]
+        return self._rows(sa.select(sa.func.coalesce(*continued_counts(self.study_id))))[0][0]
 
     def failures(self, limit: int) -> list[tuple[Any, int]]:
         """The commonest reasons of failed trials that no retry continued, most common first

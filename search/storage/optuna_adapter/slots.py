@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from search import keys
-from search.storage.optuna_adapter.records import Progress, read_progress
+from search.storage.optuna_adapter.records import Progress, continued_counts, read_progress
 from search.storage.optuna_adapter.schema import (
     _insert, _now, _set_attrs, heartbeats, intermediate, params, studies, study_system_attrs, study_user_attrs,
     system_attrs, trials, user_attrs,
@@ -245,15 +245,11 @@ class Slots:
     def _continued(self, connection: sa.Connection) -> int:
         """How many trials of the study are continued by a successor: a counter kept with
         the study (under the study lock), counted once for a study that has none yet."""
-        value = connection.execute(sa.select(study_system_attrs.c.value_json).where(
-            study_system_attrs.c.study_id == self.study_id, study_system_attrs.c.key == keys.CONTINUED_COUNT)).scalar()
-        if value is not None:
-            return int(json.loads(value))
-        counted = connection.execute(sa.select(sa.func.count()).select_from(system_attrs.join(
-            trials, trials.c.trial_id == system_attrs.c.trial_id)).where(
-            trials.c.study_id == self.study_id, system_attrs.c.key == keys.CONTINUED_BY)).scalar()
-        _set_attrs(connection, study_system_attrs, self.study_id, {keys.CONTINUED_COUNT: counted})
-        return counted
+        counter, counted = continued_counts(self.study_id)
+        value, stored = connection.execute(sa.select(sa.func.coalesce(counter, counted), counter)).one()
+        if stored is None:
+            _set_attrs(connection, study_system_attrs, self.study_id, {keys.CONTINUED_COUNT: value})
+        return value
 
     def _new_trial(self, connection: sa.Connection, state: TrialState, start: Any = None) -> int:
         number = self._count(connection)
