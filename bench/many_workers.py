@@ -10,9 +10,10 @@ share a budget of ``--trials``. Workers are forked from this process after the i
 so 200 of them fit in memory and start in seconds.
 
 Prints: finished trials against the budget (exact: not one more, not one less), trial
-states, worker exit codes, how long until every worker had joined, connection errors (every "lost the connection" line a worker
-logged, every transaction retried after a conflict with another, such as a deadlock, and every error exit), the peak number of server connections (client backends
-in ``pg_stat_activity``, polled every 0.2 s).
+states, worker exit codes, how long until every worker had joined, connection errors
+(every "lost the connection" line a worker logged, every transaction it retried after a
+conflict with another, such as a deadlock, and every error exit), the peak number of
+server connections (client backends in ``pg_stat_activity``, polled every 0.2 s).
 
     python -m bench.many_workers [--workers 200] [--trials 2000] [--epoch-seconds 0.2] [--quick]
 """
