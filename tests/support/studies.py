@@ -37,13 +37,18 @@ def _params(rng: random.Random, count: int) -> list[tuple[dict, dict]]:
     """``count`` parameter sets (values, distributions) drawn from the real space."""
     sampled = []
     chosen = space.load_space(None, "fashion_mnist")
-    while len(sampled) < count:  # a fresh in-memory study per 1,000: ask reads the whole of it
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=rng.randrange(2**31)))
-        for _ in range(min(1000, count - len(sampled))):
-            trial = study.ask()
-            values = space.suggest(trial, chosen)
-            sampled.append((values, dict(trial.distributions)))
-            study.tell(trial, 0.0)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
+    try:
+        while len(sampled) < count:  # a fresh in-memory study per 1,000: ask reads the whole of it
+            study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=rng.randrange(2**31)))
+            for _ in range(min(1000, count - len(sampled))):
+                trial = study.ask()
+                values = space.suggest(trial, chosen)
+                sampled.append((values, dict(trial.distributions)))
+                study.tell(trial, 0.0)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return sampled
 
 
@@ -108,8 +113,6 @@ def grow_study(url: str, name: str, n: int, seed: int = 0, running: int = 0,
     """Create the study ``name`` at ``url`` as a worker does (budget ``n``) and store
     ``made``, by default ``grown_trials(n, seed, running)``, in it."""
     storage = open_storage(url)
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
     try:
         study, _, _ = join_study(storage, StudySpec(name=name, dataset="fashion_mnist", epochs=EPOCHS, n_trials=n))
         made = grown_trials(n, seed, running) if made is None else made
@@ -123,5 +126,4 @@ def grow_study(url: str, name: str, n: int, seed: int = 0, running: int = 0,
             with storage.transactions.connect() as connection:
                 connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
     finally:
-        optuna.logging.set_verbosity(verbosity)
         storage.close()
