@@ -383,3 +383,46 @@ def test_a_deadlock_victim_is_retried_as_a_conflict_not_a_lost_connection(postgr
     with engine.connect() as connection:
         assert connection.execute(sqlalchemy.text("SELECT v FROM pair ORDER BY id")).scalars().all() == [11, 11]
     engine.dispose()
+
+
+def test_a_stop_signal_while_a_statement_is_prepared_stops_the_worker_as_anywhere(tmp_path):
+    """SIGTERM raises ``WorkerStopped`` wherever the main thread is; SQLAlchemy wraps what is
+    raised while it prepares a statement as a database error. The stop goes on as itself (the
+    worker re-queues its trial and exits 143), never as a database error that blames the
+    server's log (seen: a worker stopped by SIGTERM on SQLite exited 1 with
+    "SQLite file ...: (WorkerStopped) SIGTERM; see the database server's log")."""
+    import os
+    import signal
+
+    from search.storage.failures import RetryPolicy, one_line_error
+    from search.storage.url import parse_url
+    from search.worker.signals import StopSignals, WorkerStopped
+
+    class Signalled(sqlalchemy.types.TypeDecorator):  # the signal arrives as the value is bound
+        impl = sqlalchemy.Integer
+        cache_ok = True
+
+        def process_bind_param(self, value, dialect):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return value
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    engine = sqlalchemy.create_engine(url)
+    statement = sqlalchemy.select(sqlalchemy.bindparam("v", 1, type_=Signalled()))
+
+    def call() -> int:
+        with engine.connect() as connection:
+            return connection.execute(statement).scalar()
+
+    policy = RetryPolicy(parse_url(url), patience=5)
+    try:
+        with StopSignals().installed():
+            with pytest.raises(WorkerStopped) as stopped:
+                policy.retrying(call)
+            assert stopped.value.signum == signal.SIGTERM
+            with pytest.raises(sqlalchemy.exc.StatementError) as wrapped:
+                call()
+            said = one_line_error(policy.url, wrapped.value, StorageError, "retry")
+            assert isinstance(said, WorkerStopped), said
+    finally:
+        engine.dispose()

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import psycopg2
 import sqlalchemy
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 
 from search.errors import DatabaseLost, StorageError
 from search.storage.url import describe, is_sqlite
@@ -67,16 +67,29 @@ def _optuna_wrapper() -> type | tuple[()]:
 
 
 def driver_error(error: BaseException) -> BaseException:
-    """The DBAPI exception under Optuna's and SQLAlchemy's wrappers."""
+    """The exception under Optuna's and SQLAlchemy's wrappers: the DBAPI's, or one of
+    ``foreign``'s."""
     while isinstance(error, _optuna_wrapper()) and error.__cause__ is not None:
         error = error.__cause__
-    if isinstance(error, DBAPIError) and error.orig is not None:
+    if isinstance(error, StatementError) and error.orig is not None:
         return error.orig
     return error
 
 
+def foreign(error: BaseException) -> BaseException | None:
+    """The exception that is no database error under the wrappers of one, if that is what
+    ``error`` is: SQLAlchemy wraps whatever is raised while it prepares a statement, and
+    a stop signal's ``WorkerStopped`` is raised wherever the main thread is. That exception,
+    not a database failure, is what happened, and is raised as itself."""
+    cause = driver_error(error)
+    if cause is error or isinstance(cause, (SQLAlchemyError, psycopg2.Error, sqlite3.Error)):
+        return None
+    return cause
+
+
 def is_database_error(error: BaseException) -> bool:
-    return isinstance(error, (_optuna_wrapper(), SQLAlchemyError, psycopg2.Error, sqlite3.Error))
+    return (isinstance(error, (_optuna_wrapper(), SQLAlchemyError, psycopg2.Error, sqlite3.Error))
+            and foreign(error) is None)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -134,9 +147,10 @@ def storage_error(url: URL, error: BaseException) -> StorageError:
 
 def one_line_error(url: URL, error: BaseException, lost: Callable[[str], Exception], action: str) -> BaseException:
     """What to raise for ``error``: ``lost`` (given the problem and ``action``) for a
-    transient database failure, a ``StorageError`` for any other; other errors unchanged."""
+    transient database failure, a ``StorageError`` for any other; other errors unchanged
+    (unwrapped, where a database error's wrapper carried one)."""
     if not is_database_error(error):
-        return error
+        return foreign(error) or error
     if is_transient(error):
         return lost(f"{describe(url)} ({first_line(error)}); {action}")
     return storage_error(url, error)
@@ -201,7 +215,10 @@ class RetryPolicy:
                 return result
             except Exception as error:
                 if not is_database_error(error):
-                    raise
+                    cause = foreign(error)
+                    if cause is None:
+                        raise
+                    raise cause from None
                 if not is_transient(error):
                     raise storage_error(self.url, error) from error
                 conflict = is_conflict(error)
