@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models import ExportedModelError, MLPClassifier, build_mlp, load_exported, read_exported
+from models.mlp import Dropout
 
 BASE: dict[str, Any] = {
     "n_inputs": 54,
@@ -67,7 +68,8 @@ def test_layer_structure_variants() -> None:
     assert plain[1].bias is not None
 
     bn = build_mlp(variant(hidden_sizes=[8], batch_norm=True, dropout=0.5, activation="relu"))
-    assert [type(m) for m in bn][1:] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
+    assert [type(m) for m in bn][1:] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, Dropout, nn.Linear]
+    assert isinstance(bn[4], nn.Dropout)  # what torch.export and a reader of the layout know
     assert bn[1].bias is None  # cancelled by BatchNorm
     assert bn[4].p == 0.5
     assert "2.running_mean" in bn.state_dict()
@@ -84,6 +86,27 @@ def test_dropout_active_only_in_training() -> None:
     assert not torch.equal(a, b)
     model.eval()
     assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_at_its_rate_and_keeps_the_expectation(p: float, dtype: torch.dtype) -> None:
+    # Four coin flips per 32-bit draw: the rate must still be p (within 1/512), the flips of
+    # one word independent, the kept values scaled so the mean is unchanged, and the
+    # gradient masked exactly as the output.
+    torch.manual_seed(1)
+    layer = Dropout(p).train()
+    x = torch.ones(1000, 1001, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    assert y.dtype == dtype
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - p) < 1 / 512 + 0.004
+    quads = dropped.flatten()[:1_000_000].view(-1, 4).float()
+    assert abs((quads[:, 0] * quads[:, 3]).mean().item() - p * p) < 0.01  # bytes of a word: independent
+    assert abs(y.float().mean().item() - 1) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped)
+    assert torch.equal(layer.eval()(x), x)
 
 
 def test_unknown_activation() -> None:
