@@ -18,7 +18,7 @@ SUMMARIES = {
     "many_workers": "PASS",
     "worker_scaling": "wall: launch to the last worker's exit",
     "epoch_speed": "speed-up",
-    "search_quality": "PASS",
+    "bounded_sampler": "PASS",
     "search_efficiency": "trials completed",
     "chaos_soak": "PASS",
     "multihost_soak": "PASS",

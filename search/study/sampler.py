@@ -3,7 +3,7 @@
 ``BoundedSampler`` runs Optuna's ``TPESampler`` unchanged, on a study view whose trials
 are ``History.sampler_trials()``: the running ones, the best, the latest and a uniform
 sample. TPE's "good" set is the same as with the whole history; its "bad" density is
-estimated from a sample instead of every trial. ``bench/search_quality.py`` compares it
+estimated from a sample instead of every trial. ``bench/bounded_sampler.py`` compares it
 with unbounded TPE on real Fashion-MNIST. While it samples, TPE computes log Phi on whole
 arrays (``optuna_adapter.faster_tpe``).
 """

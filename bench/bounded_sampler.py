@@ -19,7 +19,7 @@ Prints, per seed, the best validation accuracy after each checkpoint count of tr
 both samplers, then the mean difference (bounded - unbounded) with its standard error
 over seeds, against the seed-to-seed spread.
 
-    python -m bench.search_quality [--seeds 0 1 2] [--trials 200] [--train-size 3000] [--epochs 2] [--jobs CPUS]
+    python -m bench.bounded_sampler [--seeds 0 1 2] [--trials 200] [--train-size 3000] [--epochs 2] [--jobs CPUS]
 """
 
 from __future__ import annotations
