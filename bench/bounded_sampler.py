@@ -57,6 +57,7 @@ class SubsetTraining:
     without checkpoints or saved weights (nothing here is exported)."""
 
     device = "cpu"
+    precision = "float32"
 
     def __init__(self, dataset: Dataset, epochs: int, seed: int) -> None:
         self.dataset = dataset

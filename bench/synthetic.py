@@ -39,6 +39,7 @@ class NoTraining:
     "epoch" sleeps ``epoch_seconds``, as a GPU-bound trial leaves the CPU to others."""
 
     device = "cpu"
+    precision = "float32"
 
     def __init__(self, epoch_seconds: float = 0.0) -> None:
         self.epoch_seconds = epoch_seconds

@@ -24,6 +24,7 @@ class ObjectiveSettings:
     device: torch.device
     seed: int = 0
     space: space.Space | None = None  # None: the default space
+    precision: torch.dtype = torch.float32  # of the forward pass (objectives.training.device.choose_precision)
 
 
 class EpochHooks:
@@ -54,7 +55,8 @@ def make_objective(dataset: Dataset, settings: ObjectiveSettings,
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial, searched)
         seed = hooks.trial_seed(trial, settings.seed)
-        trainer = Recipe.of(params, dataset, settings.epochs).trainer(train_split, settings.device, seed)
+        trainer = Recipe.of(params, dataset, settings.epochs).trainer(train_split, settings.device, seed,
+                                                                      settings.precision)
         hooks.resume(trial, trainer)
 
         val_accuracy = float("nan")

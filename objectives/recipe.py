@@ -28,11 +28,13 @@ class Recipe:
         return cls(space.model_hyperparameters(params, dataset), space.training_settings(params, epochs),
                    dataset.image_shape)
 
-    def trainer(self, split: Split, device: torch.device, seed: int) -> Trainer:
-        """A fresh model and its trainer on ``split``; ``seed`` fixes both."""
+    def trainer(self, split: Split, device: torch.device, seed: int,
+                precision: torch.dtype = torch.float32) -> Trainer:
+        """A fresh model and its trainer on ``split``; ``seed`` fixes both; ``precision``:
+        what its forward pass multiplies in (``objectives.training.device.choose_precision``)."""
         torch.manual_seed(seed)
         return Trainer(build_mlp(self.hyperparameters), self.settings, split, device, seed,
-                       image_shape=self.image_shape, hyperparameters=self.hyperparameters)
+                       image_shape=self.image_shape, hyperparameters=self.hyperparameters, precision=precision)
 
 
 def train(trainer: Trainer, epochs: int) -> Iterator[tuple[int, float]]:

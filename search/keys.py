@@ -38,6 +38,7 @@ TOKEN_LENGTH = 12  # hex digits
 SEED = "seed"  # the trial's training seed, inherited by its retries
 WORKER = "worker"  # host/pid of the worker that ran (or is running) the trial
 DEVICE = "device"
+PRECISION = "precision"  # what its forward passes multiplied in: float32 or bfloat16
 CHECKPOINT = "checkpoint"  # a Checkpoint: the latest checkpoint, moved to a retry
 RESUMED_FROM = "resumed_from_epoch"
 FAIL_REASON = "fail_reason"  # the exception that failed the trial

@@ -310,6 +310,9 @@ ROWS: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("device-tpu", ["run", "--device", "tpu"], "unknown --device 'tpu'", {}),
     ("device-empty", ["run", "--device", ""], "--device: must not be empty", {}),
     ("device-cpu-index", ["run", "--device", "cpu:0"], "unknown --device 'cpu:0'", {}),
+    ("precision-half", ["run", "--precision", "half"], "--precision: 'half' is not one of auto, float32, bfloat16", {}),
+    ("env-precision", ["best", "--study", "ready", "--storage", "{db}", "--export", "{w}/new.pt", "--retrain"],
+     "SEARCH_PRECISION='fp16' (from the environment): 'fp16' is not one of", {"SEARCH_PRECISION": "fp16"}),
     ("retrain-on-cuda", ["best", "--study", "ready", "--storage", "{db}", "--export", "{w}/new.pt", "--retrain",
                          "--device", "cuda"], "no CUDA GPU", {}),
     # storage URLs and databases

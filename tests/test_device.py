@@ -12,8 +12,9 @@ import torch
 from models import build_mlp
 from models.exported import load_exported
 from objectives.data import Split
-from objectives.training.device import choose_device
-from objectives.training.trainer import Trainer, TrainingSettings
+from objectives.errors import DeviceError
+from objectives.training.device import PRECISIONS, choose_device, choose_precision
+from objectives.training.trainer import Trainer, TrainingSettings, accuracy
 from search.artifacts.files import read_tensors, serialized
 from tests.support.datafiles import write_table
 from tests.support.workers import run_search
@@ -32,9 +33,10 @@ def split() -> Split:
     return Split(features, (features[:, 0] > 0).long() + (features[:, 1] > 0.5).long())
 
 
-def trainer_on(device: str) -> Trainer:
+def trainer_on(device: str, precision: torch.dtype = torch.float32, dropout: float = 0.0) -> Trainer:
     torch.manual_seed(7)
-    return Trainer(build_mlp(HYPERPARAMETERS), SETTINGS, split(), choose_device(device), seed=7)
+    return Trainer(build_mlp({**HYPERPARAMETERS, "dropout": dropout}), SETTINGS, split(), choose_device(device),
+                   seed=7, precision=precision)
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -94,3 +96,44 @@ def test_a_checkpoint_whose_shuffle_state_is_another_devices_resumes(device):
     resumed.load_state_dict(payload)
     loss = resumed.run_epoch()
     assert resumed.epochs_done == 2 and loss == loss
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_precision_is_what_was_asked_or_the_faster(device):
+    where = choose_device(device)
+    assert choose_precision("float32", where) == torch.float32
+    assert choose_precision("bfloat16", where) == torch.bfloat16
+    chosen = choose_precision("auto", where)
+    assert chosen in (torch.float32, torch.bfloat16)
+    assert all(choose_precision("auto", where) == chosen for _ in range(3))  # measured once, then kept
+    with pytest.raises(DeviceError, match="unknown --precision 'half'"):
+        choose_precision("half", where)
+    assert PRECISIONS == ("auto", "float32", "bfloat16")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bfloat16_training_learns_as_float32_does_and_resumes_exactly(device):
+    """Autocast multiplies in bfloat16; the weights, their updates and the evaluation stay
+    float32. The same data is learnt as well, and a checkpoint resumes bit for bit."""
+    accuracies = {}
+    for precision in (torch.float32, torch.bfloat16):
+        trainer = trainer_on(device, precision, dropout=0.2)
+        for _ in range(6):
+            trainer.run_epoch()
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        data = split().to(trainer.device)
+        accuracies[precision] = accuracy(trainer.model, data)
+    assert accuracies[torch.float32] > 0.9
+    assert abs(accuracies[torch.bfloat16] - accuracies[torch.float32]) < 0.03, accuracies
+
+    first = trainer_on(device, torch.bfloat16, dropout=0.2)
+    first.run_epoch()
+    payload = read_tensors(bytes(serialized(first.state_dict())))  # before another trainer seeds the RNG
+    resumed = trainer_on(device, torch.bfloat16, dropout=0.2)
+    resumed.load_state_dict(payload)
+    resumed.run_epoch()
+    whole = trainer_on(device, torch.bfloat16, dropout=0.2)
+    whole.run_epoch()
+    whole.run_epoch()
+    for name, tensor in weights(whole).items():
+        assert torch.equal(weights(resumed)[name], tensor), name

@@ -5,7 +5,8 @@ the order of an on-device permutation and a batch is a slice of that, and the ui
 pixels become floats only in the model's first layer, one batch at a time. No DataLoader
 and no per-sample Python: one epoch is a short loop of ``slice -> forward -> backward ->
 fused optimizer step`` (``kernels.FusedStep``: torch's kernel without ``step()``'s per-call
-bookkeeping, which at batch 32 on a CPU costs a tenth of the step). Its state
+bookkeeping, which at batch 32 on a CPU costs a tenth of the step), the forward pass in
+bfloat16 where the device is faster at it (``device.choose_precision``). Its state
 (model, optimizer, RNGs, epoch) round-trips through ``state_dict`` so a checkpoint
 resumes exactly where it stopped.
 """
@@ -120,8 +121,11 @@ class Trainer:
 
     def __init__(self, model: nn.Module, settings: TrainingSettings, train: Split,
                  device: torch.device, seed: int, image_shape: tuple[int, int] | None = None,
-                 hyperparameters: dict[str, Any] | None = None) -> None:
+                 hyperparameters: dict[str, Any] | None = None, precision: torch.dtype = torch.float32) -> None:
         self.device = device
+        # bfloat16: the forward pass under autocast (matmuls in bfloat16, with float32
+        # accumulation); weights, gradients and the optimizer's state stay float32.
+        self.precision = precision
         self.hyperparameters = hyperparameters
         self.settings = settings
         self.train = train.to(device)
@@ -164,7 +168,8 @@ class Trainer:
             # Derived from the step count, so a resumed trainer needs no scheduler state.
             group["lr"] = self.settings.learning_rate_at(self.epochs_done, (step + 1) / steps)
             # The model's Standardize layer turns uint8 pixels into floats in its first op.
-            loss = F.cross_entropy(self.model(inputs), targets, label_smoothing=self.settings.label_smoothing)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == torch.bfloat16):
+                loss = F.cross_entropy(self.model(inputs), targets, label_smoothing=self.settings.label_smoothing)
             # Gradients go straight to the optimizer: nothing to accumulate into or clear
             # from .grad, which at small batches is a measurable share of a step.
             self.optimizer_step(torch.autograd.grad(loss, self.optimizer_step.parameters))

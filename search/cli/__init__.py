@@ -104,8 +104,8 @@ def dispatch(args: argparse.Namespace, data_options: list[str]) -> int:
         if args.export is not None:
             importlib.import_module("search.commands.best_model")  # torch and Optuna: with the rest
         loaded(args.verbose)
-        return best(url, args.study, args.artifacts, args.data_dir, args.device, args.json, args.export, args.force,
-                    args.retrain)
+        return best(url, args.study, args.artifacts, args.data_dir, args.device, args.precision, args.json,
+                    args.export, args.force, args.retrain)
     from search.commands.report import report
 
     loaded(args.verbose)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from objectives.datasets import names as dataset_names
 from search.cli import options
 from search.cli.options import OneLineParser, add
+from objectives.training.device import PRECISIONS
 from search.study.spec import DEFAULT_BUDGET, DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_PRUNER, PRUNERS
 
 # The commands that read data (--data-dir); run and worker also take each data set's own
@@ -43,6 +44,9 @@ def add_common(parser: argparse.ArgumentParser, command: str, *names: str) -> No
     if "device" in names:
         add(parser, command, "--device", "DEVICE", "auto, cpu, cuda or cuda:N (auto: GPU worker-index mod GPUs)",
             default="auto")
+        add(parser, command, "--precision", "PRECISION", "what training multiplies in: float32, bfloat16 (weights "
+            "stay float32) or auto: bfloat16 where the device is faster at it (recent GPUs, CPUs with AMX or "
+            "AVX-512 BF16)", convert=options.choice(*PRECISIONS), default="auto")
 
 
 def add_work(commands: argparse._SubParsersAction, name: str, help_text: str, data_options: Sequence) -> None:

@@ -28,7 +28,7 @@ def show(study: StudyRecord, trial: TrialRecord, summary: dict[str, Any], as_jso
 
 
 def best(storage: URL, study_name: str | None, artifacts: str, data_dir: str | None, device: str,
-         as_json: bool, export: str | None, force: bool, retrained: bool) -> int:
+         precision: str, as_json: bool, export: str | None, force: bool, retrained: bool) -> int:
     path = Path(export) if export is not None else None
     if path is not None:
         from objectives.training.device import choose_device
@@ -49,4 +49,4 @@ def best(storage: URL, study_name: str | None, artifacts: str, data_dir: str | N
         return 0
     from search.commands.best_model import export  # torch: only for a model file
 
-    return export(study, trial, summary, path, artifacts, data_dir, device, as_json, retrained)
+    return export(study, trial, summary, path, artifacts, data_dir, device, precision, as_json, retrained)

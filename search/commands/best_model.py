@@ -14,7 +14,7 @@ import torch
 from models import build_mlp, describe_layout
 from objectives.datasets import load_dataset, record
 from objectives.recipe import Recipe, train
-from objectives.training.device import choose_device
+from objectives.training.device import choose_device, choose_precision
 from objectives.training.trainer import TrainingDiverged, accuracy
 from search import keys
 from search.artifacts import open_store
@@ -24,16 +24,18 @@ from search.storage.optuna_adapter import StudyRecord, TrialRecord
 from search.study.summary import epochs_run
 
 
-def retrain(study: StudyRecord, trial: TrialRecord, data_dir: str | None, device_name: str,
+def retrain(study: StudyRecord, trial: TrialRecord, data_dir: str | None, device_name: str, precision_name: str,
             say: Callable[[str], None]) -> tuple[torch.nn.Module, dict[str, Any], float]:
     """Train the trial's hyperparameters on train+validation for the study's epochs, with
     the trial's seed (the search's own recipe); returns the model, its argument dict and
     its test accuracy."""
     dataset = load_dataset(study.user_attrs[keys.DATASET], data_dir, study.user_attrs.get(keys.DATA_OPTIONS, {}))
     device = choose_device(device_name)
+    precision = choose_precision(precision_name, device)
     epochs = int(study.user_attrs.get(keys.EPOCHS) or epochs_run(trial))
     recipe = Recipe.of(trial.params, dataset, epochs)
-    trainer = recipe.trainer(dataset.train_and_validation(), device, int(trial.user_attrs.get(keys.SEED, trial.number)))
+    trainer = recipe.trainer(dataset.train_and_validation(), device, int(trial.user_attrs.get(keys.SEED, trial.number)),
+                             precision)
     try:
         for epoch, loss in train(trainer, epochs):
             say(f"retrain epoch {epoch}/{epochs}: train_loss {loss:.4f}")
@@ -63,12 +65,12 @@ def describe_data(study: StudyRecord, hyperparameters: dict[str, Any]) -> dict[s
 
 
 def export(study: StudyRecord, trial: TrialRecord, summary: dict[str, Any], path: Path, artifacts: str,
-           data_dir: str | None, device: str, as_json: bool, retrained: bool) -> int:
+           data_dir: str | None, device: str, precision: str, as_json: bool, retrained: bool) -> int:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if as_json else print
     metadata = {**summary, "format_version": exports.FORMAT_VERSION, "library_versions": exports.library_versions(),
                 "trained_on": "train"}
     if retrained:
-        model, hyperparameters, test_accuracy = retrain(study, trial, data_dir, device, say)
+        model, hyperparameters, test_accuracy = retrain(study, trial, data_dir, device, precision, say)
         state_dict = {key: value.cpu() for key, value in model.state_dict().items()}
         metadata.update(trained_on="train+validation", test_accuracy=test_accuracy)
         say(f"retrained on train+validation: test accuracy {test_accuracy:.2%}")

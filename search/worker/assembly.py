@@ -49,7 +49,8 @@ def assemble(config: WorkerConfig, request: StudyRequest, say: Callable[[str], N
     if workload is None:
         from search.worker.training import Training  # torch is imported here, not for the loop
 
-        workload = Training(config.data_dir, config.device, config.seed, config.checkpoint_every)
+        workload = Training(config.data_dir, config.device, config.seed, config.checkpoint_every,
+                            config.precision)
     spec = replace(spec, data=workload.check(spec))
     if existing is not None:
         check_same_data(existing, spec, config.data_dir)
@@ -67,6 +68,7 @@ def assemble(config: WorkerConfig, request: StudyRequest, say: Callable[[str], N
     objective = workload.objective(Joined(index, spec, study_space(study), store, voice))
     return Worker(config=config, spec=spec, storage=storage, study=study, slots=storage.slots(study), index=index,
                   store=store, history=history, pruner=pruner, objective=objective, device=workload.device,
+                  precision=workload.precision,
                   say=voice, signals=signals)
 
 

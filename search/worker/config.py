@@ -15,6 +15,7 @@ class WorkerConfig:
     artifacts: str
     data_dir: str | None = None  # None: each data set's default place
     device: str = "auto"
+    precision: str = "auto"  # objectives.training.device.PRECISIONS
     seed: int = 0  # worker k's sampler uses seed + k; trial n trains with a seed derived from it
     timeout: float | None = None  # stop claiming after this many seconds
     heartbeat_interval: float = 10

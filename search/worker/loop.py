@@ -53,6 +53,7 @@ class Worker:
     pruner: str  # the study's --pruner
     objective: Callable[[optuna.Trial], float]
     device: str
+    precision: str
     say: Voice
     signals: StopSignals
 
@@ -62,13 +63,13 @@ class Worker:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {keys.WORKER: self.identity, keys.DEVICE: self.device}
+        return {keys.WORKER: self.identity, keys.DEVICE: self.device, keys.PRECISION: self.precision}
 
     def run(self) -> optuna.Study:
         progress = self.slots.progress()
         self.say(f"joined study {self.spec.name!r} ({self.spec.dataset}, {counted(self.spec.epochs, 'epoch')}/trial, "
                  f"{self.pruner} pruner, budget {progress.budget}, {progress.finished} finished) as {self.identity} "
-                 f"on {self.device}")
+                 f"on {self.device} ({self.precision})")
         self.sweep()
         with self.signals.installed():
             self.loop()

@@ -13,7 +13,7 @@ import optuna
 from objectives.data import Dataset
 from objectives.datasets import load_dataset
 from objectives.objective import EpochHooks, ObjectiveSettings, make_objective
-from objectives.training.device import choose_device
+from objectives.training.device import choose_device, choose_precision
 from objectives.training.trainer import Trainer
 from search import keys
 from search.artifacts import ArtifactStore
@@ -67,9 +67,12 @@ class ServiceHooks(EpochHooks):
 class Training:
     """Load and check the data first, then train on the device chosen by the worker's index."""
 
-    def __init__(self, data_dir: str | None, device: str, seed: int, checkpoint_every: int = 1) -> None:
+    def __init__(self, data_dir: str | None, device: str, seed: int, checkpoint_every: int = 1,
+                 precision: str = "auto") -> None:
         self.data_dir = data_dir
         self.requested_device = device
+        self.requested_precision = precision
+        self.precision = precision
         self.seed = seed
         self.checkpoint_every = checkpoint_every
         self.device = device
@@ -83,6 +86,8 @@ class Training:
         assert self.dataset is not None, "check() reads the data first"
         device = choose_device(self.requested_device, joined.index)
         self.device = str(device)
+        precision = choose_precision(self.requested_precision, device)
+        self.precision = str(precision).removeprefix("torch.")
         hooks = ServiceHooks(joined.store, joined.spec.epochs, self.checkpoint_every, joined.say)
-        settings = ObjectiveSettings(joined.spec.epochs, device, self.seed, joined.space)
+        settings = ObjectiveSettings(joined.spec.epochs, device, self.seed, joined.space, precision)
         return make_objective(self.dataset, settings, hooks)

@@ -28,6 +28,7 @@ class Joined:
 
 class Workload(Protocol):
     device: str  # where it trains, once ``objective`` has chosen
+    precision: str  # what its matmuls compute in (float32, bfloat16), likewise
 
     def check(self, spec: StudySpec) -> Mapping[str, Any] | None:
         """Read and check the data before anything is written anywhere. Returns what the
