@@ -27,16 +27,20 @@ def worker_seed(base_seed: int, index: int) -> int:
     return (base_seed + index) % 2**32
 
 
-def make_sampler(seed: int | None, gamma: Callable[[int], int] | None = None) -> optuna.samplers.BaseSampler:
-    """The study's TPE; ``gamma`` sizes its "good" set (Optuna's default if None)."""
+def make_sampler(seed: int | None, gamma: Callable[[int], int] | None = None, constant_liar: bool = True,
+                 startup: int | None = None) -> optuna.samplers.BaseSampler:
+    """The study's TPE; ``gamma`` sizes its "good" set (Optuna's default if None);
+    ``constant_liar`` and ``startup`` (random trials before TPE models; Optuna's default if
+    None) other than the defaults only where a benchmark compares them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # ``gamma`` is deprecated since Optuna 4.9, to go in 6 (pyproject keeps optuna<6): the
         # bounded sampler needs it to size TPE's good set from the whole history.
         warnings.simplefilter("ignore", FutureWarning)
         # constant_liar: running trials count as bad guesses, so parallel workers spread out.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          gamma=gamma)
+        extra = {} if startup is None else {"n_startup_trials": startup}
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=constant_liar,
+                                          gamma=gamma, **extra)
 
 
 class BoundedSampler(optuna.samplers.BaseSampler):
