@@ -1,7 +1,7 @@
 """Big studies, made in seconds: the trials a long search leaves behind, synthetic but shaped
 like real ones, stored in bulk (``search.storage.optuna_adapter.bulk``).
 
-Every trial has parameters from the real search space, a worker, a seed and a device;
+Every trial has parameters from a real search space (``space.toml`` here, frozen), a worker, a seed and a device;
 about 62 % complete (5 epochs), 30 % pruned (after 1 or 2 epochs, with a reason), 4 %
 failed by an error (a few distinct reasons), 2 % failed by a lost worker and continued by
 the next trial (which carries its ``retry_history``); the last ``running`` trials run,
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,6 +28,7 @@ from search.study.join import join_study
 from search.study.spec import StudySpec
 
 EPOCHS = 5
+SPACE = Path(__file__).with_name("space.toml")  # frozen: the golden views were drawn from it
 BEGIN = datetime(2026, 1, 1)
 REASONS = ("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
            "TrainingDiverged: the training loss is nan at epoch 2",
@@ -36,7 +38,7 @@ REASONS = ("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
 def _params(rng: random.Random, count: int) -> list[tuple[dict, dict]]:
     """``count`` parameter sets (values, distributions) drawn from the real space."""
     sampled = []
-    chosen = space.load_space(None, "fashion_mnist")
+    chosen = space.load_space(SPACE, "fashion_mnist")
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
     try:
