@@ -15,11 +15,14 @@ untouched, as on a host whose NTP is off).
 
 The namespaces, the bridge and everything in them are named with a random tag and removed
 when the ``with`` block ends. Traffic stays on the bridge: the test process reaches the
-hosts from the bridge's own address.
+hosts from the bridge's own address. Networks of test processes running side by side
+(pytest-xdist) never share a subnet: each holds a lock on its 10.77.N.0/24 while it lives
+(released by the kernel if the process dies) and skips one another interface still has.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -93,11 +96,32 @@ class Host:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+LOCKS = Path(tempfile.gettempdir()) / "hpsearch-test-subnets"
+
+
+def claim_subnet() -> tuple[str, int]:
+    """A free 10.77.N prefix and the open lock file that holds it for this process."""
+    LOCKS.mkdir(exist_ok=True)
+    used = run("ip", "-o", "-4", "addr", "show").stdout
+    for n in random.sample(range(1, 255), 254):
+        prefix = f"10.77.{n}"
+        if f" {prefix}." in used:
+            continue  # a network left by a killed run, or another program's
+        handle = os.open(LOCKS / str(n), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            continue
+        return prefix, handle
+    raise RuntimeError("no free 10.77.N.0/24 for a test network")
+
+
 class Network:
     def __init__(self) -> None:
         self.tag = f"hps{uuid.uuid4().hex[:5]}"
         self.bridge = f"{self.tag}br"
-        self.prefix = f"10.77.{random.randint(1, 254)}"
+        self.prefix, self.lock = claim_subnet()
         self.hosts: dict[str, Host] = {}
         self.skew_library: Path | None = None
 
@@ -141,9 +165,12 @@ class Network:
         return {"LD_PRELOAD": str(self.skew_library), "CLOCK_SKEW_SECONDS": str(seconds)}
 
     def __exit__(self, *exc: object) -> None:
-        for host in self.hosts.values():
-            host.lose()
-            run("ip", "netns", "del", host.namespace, check=False)
-        run("ip", "link", "del", self.bridge, check=False)
-        if self.skew_library is not None:
-            shutil.rmtree(self.skew_library.parent, ignore_errors=True)
+        try:
+            for host in self.hosts.values():
+                host.lose()
+                run("ip", "netns", "del", host.namespace, check=False)
+            run("ip", "link", "del", self.bridge, check=False)
+            if self.skew_library is not None:
+                shutil.rmtree(self.skew_library.parent, ignore_errors=True)
+        finally:
+            os.close(self.lock)  # the subnet is free again
