@@ -62,8 +62,10 @@ def test_the_pruner_is_recorded_with_the_study_and_used_by_every_worker(tmp_path
     # The shipped space trains every trial to 100 % on the generated images: nothing to prune.
     # Learning rates down to 1e-6 make some trials plainly worse, as a real search's are.
     wide = tmp_path / "wide.toml"
-    wide.write_text(re.sub(r"\[learning_rate\]\nlow = [^\n]+\nhigh = [^\n]+",
-                           "[learning_rate]\nlow = 1e-6\nhigh = 1e-1", space.DEFAULT_FILE.read_text()))
+    text, replaced = re.subn(r"\[learning_rate\]\nlow = [^\n]+\nhigh = [^\n]+",
+                             "[learning_rate]\nlow = 1e-6\nhigh = 1e-1", space.DEFAULT_FILE.read_text())
+    assert replaced == 1, "the shipped space's [learning_rate] table changed shape: update this test"
+    wide.write_text(text)
     common = ("--data-dir", str(fashion_dir), "--device", "cpu", "--seed", "1", "--space", str(wide))
     done = run_search("run", "--pruner", pruner, "--n-trials", "6", "--epochs", "3", *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
