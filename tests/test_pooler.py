@@ -93,3 +93,38 @@ def test_workers_through_the_pooler_finish_the_budget_and_resume_a_killed_worker
     assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 3
     assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0
     assert "lost the connection" not in logs(logs_) and "conflicted with another" not in logs(logs_)
+
+
+@pytest.mark.parametrize("tables", ["new", "existing"])
+def test_many_workers_open_the_storage_at_once_through_a_pool_of_two_server_connections(postgres, tables):
+    """Opening never holds one transaction while it waits for a second server connection:
+    Optuna's own start-up check does (a session reads the version, then another connection
+    reads alembic's), so N workers starting at once behind a pool of N server connections
+    would each hold one and wait for another until the reply timeout."""
+    bouncer = PgBouncer(postgres, server_connections=2)
+    bouncer.start()
+    try:
+        url = bouncer.url(postgres.new_database())
+        if tables == "existing":
+            open_storage(url).close()
+        start = threading.Barrier(6)
+        took, errors = [], []
+
+        def open_one() -> None:
+            start.wait()
+            began = time.monotonic()
+            try:
+                open_storage(url).close()
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(repr(error))
+            took.append(time.monotonic() - began)
+
+        threads = [threading.Thread(target=open_one) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert len(took) == 6 and max(took) < 15, took  # far below the 30 s reply timeout
+    finally:
+        bouncer.stop()

@@ -16,6 +16,7 @@ from search.storage.connection import engine_kwargs, install_reply_timeout
 from search.storage.failures import RECONNECT_PATIENCE_S, RetryPolicy, one_line_error
 from search.storage.reading import NoTablesYet, check_readable, check_reachable, sqlite_path
 from search.storage.resilient import ResilientStorage
+from search.storage.tables import open_tables
 from search.storage.url import is_sqlite, parse_url
 
 __all__ = ["NoTablesYet", "open_storage", "rdb_storage", "reader"]  # NoTablesYet: reading's, named here too
@@ -56,8 +57,7 @@ def reader(url: URL, kwargs: dict[str, Any]) -> optuna_adapter.Reader:
 def rdb_storage(url: URL, kwargs: dict[str, Any]) -> RDBStorage:
     """Optuna's storage on tables that exist (checked by ``check_reachable``)."""
     try:
-        return RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=kwargs,
-                          skip_table_creation=True)
+        return open_tables(url, kwargs)
     except Exception as error:
         raise one_line_error(url, error, lambda problem: UserError(f"cannot reach {problem}"),
                              "check that the server runs") from error

@@ -37,6 +37,7 @@ from search.storage.connection import limit_transactions, transaction_engine
 from search.storage.failures import RetryPolicy, one_line_error
 from search.storage.locks import schema_lock
 from search.storage.own_trials import OwnTrials
+from search.storage.tables import create_tables, open_tables
 from search.storage.url import describe
 
 T = TypeVar("T")
@@ -78,9 +79,8 @@ class ResilientStorage(BaseStorage):
         try:
             if self.rdb is None:
                 with schema_lock(url):
-                    rdb = RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=self.engine_kwargs)
-                    optuna_adapter.create_indexes(rdb.engine)
-                self.attach(rdb)
+                    create_tables(url, self.engine_kwargs)
+                self.attach(open_tables(url, self.engine_kwargs))
             elif not optuna_adapter.has_indexes(self.rdb.engine):  # tables made by Optuna or an older version
                 with schema_lock(url):
                     optuna_adapter.create_indexes(self.rdb.engine)
