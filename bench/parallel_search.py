@@ -130,19 +130,21 @@ def main() -> None:
     def shown(seconds: float | None) -> str:
         return f"> {args.minutes:g} min" if seconds is None else f"{seconds / 60:.2f} min"
 
+    budget = args.minutes * 60
+
+    def capped(seconds: float | None) -> float:
+        return budget if seconds is None else seconds  # a run that missed the target: a lower bound
+
     print(f"\n{'seed':>4} | {'1 worker':>10} {'2 workers':>10} | speed-up")
     speedups = []
     for seed in args.seeds:
         one, two = single[seed], double[seed]
-        if one is not None and two is not None:
-            speedups.append(one / two)
-        elif one is None and two is not None:
-            speedups.append(args.minutes * 60 / two)  # a lower bound
+        if two is not None:
+            speedups.append(capped(one) / two)
         speedup = f"{speedups[-1]:.2f}x" if two is not None else "-"
         print(f"{seed:>4} | {shown(one):>10} {shown(two):>10} | {speedup}")
-    budget = args.minutes * 60  # a run that missed the target counts as the whole budget (a lower bound)
-    one = statistics.median(budget if single[seed] is None else single[seed] for seed in args.seeds)
-    two = statistics.median(budget if double[seed] is None else double[seed] for seed in args.seeds)
+    one = statistics.median(capped(single[seed]) for seed in args.seeds)
+    two = statistics.median(capped(double[seed]) for seed in args.seeds)
     print(f"\nmedian time to {args.target:.1%}: 1 worker {one / 60:.2f} min, 2 workers {two / 60:.2f} min; "
           f"median speed-up of 2 workers over 1: {one / two:.2f}x (ideal 2x; efficiency {one / two / 2:.2f}); "
           f"median of the seeds' own speed-ups {statistics.median(speedups) if speedups else float('nan'):.2f}x; "
