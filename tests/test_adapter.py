@@ -216,6 +216,37 @@ def test_lost_reply_to_finishing_a_trial_is_read_back(postgres):
         proxy.close()
 
 
+def test_a_silent_server_gets_30_s_by_default_and_what_reply_timeout_says(postgres, monkeypatch):
+    """The fault tests give their workers --reply-timeout 5 to be quick; the real defaults,
+    and every limit that scales with the reply timeout, are asserted here."""
+    from search.artifacts import backend
+    from search.storage.connection import install_reply_timeout
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    url = postgres.new_database()
+    expected = {None: ("30000", "30", "10", "15s", "1min", 30), 7: ("7000", "7", "2", "3500ms", "14s", 7)}
+    try:
+        for given, (user_timeout, idle, interval, lock, idle_in_transaction, read) in expected.items():
+            storage = open_storage(url, reply_timeout=given)
+            try:
+                with storage.transactions.begin() as connection:
+                    dsn = connection.connection.dbapi_connection.get_dsn_parameters()
+                    shown = (connection.exec_driver_sql("SHOW lock_timeout").scalar(),
+                             connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar())
+                assert (dsn["tcp_user_timeout"], dsn["keepalives_idle"], dsn["keepalives_interval"]) == \
+                    (user_timeout, idle, interval)
+                assert shown == (lock, idle_in_transaction)
+            finally:
+                storage.close()
+            found = backend("s3://bucket/prefix") if given is None else backend("s3://bucket/prefix", given)
+            assert found.client.meta.config.read_timeout == read
+        help_text = subprocess.run([sys.executable, "-m", "search.cli", "worker", "--help"], capture_output=True,
+                                   text=True, env=search_env(), timeout=60).stdout
+        assert "(default 30) [SEARCH_REPLY_TIMEOUT]" in " ".join(help_text.split())
+    finally:
+        install_reply_timeout(30)  # process-wide: as every other test expects it
+
+
 def test_a_database_error_that_is_no_connection_loss_is_one_line_at_once(postgres):
     url = postgres.new_database()
     storage = open_storage(url, patience=60)

@@ -16,7 +16,6 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from search.storage.connection import IDLE_IN_TRANSACTION_S, LOCK_TIMEOUT_S
 from search.storage.locks import named_lock
 from search.storage import open_storage
 from tests.support.pooler import PgBouncer
@@ -45,7 +44,7 @@ def test_every_transaction_gets_its_limits_and_read_only_stays_read_only(postgre
                 shown = connection.exec_driver_sql("SHOW lock_timeout").scalar(), \
                     connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar(), \
                     connection.exec_driver_sql("SHOW transaction_read_only").scalar()
-                assert shown == (f"{LOCK_TIMEOUT_S}s", f"{IDLE_IN_TRANSACTION_S // 60}min", "off")
+                assert shown == ("15s", "1min", "off")  # the defaults: a 30 s reply timeout
         with reader.rdb.engine.begin() as connection:
             assert connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
             with pytest.raises(sqlalchemy.exc.InternalError, match="read-only transaction"):
@@ -78,8 +77,8 @@ def test_the_set_up_lock_excludes_through_the_pooler(postgres, pooler):
 def test_workers_through_the_pooler_finish_the_budget_and_resume_a_killed_workers_trial(
         postgres, pooler, medium_fashion_dir, tmp_path):
     url = pooler.url(postgres.new_database())
-    create_slow_study(url, "pooled", n_trials=3, epochs=4)
-    args = worker_args(url, "pooled", medium_fashion_dir, tmp_path / "artifacts", n_trials=3, epochs=4, heartbeat=1)
+    create_slow_study(url, "pooled", n_trials=3, epochs=3)
+    args = worker_args(url, "pooled", medium_fashion_dir, tmp_path / "artifacts", n_trials=3, epochs=3, heartbeat=1)
     logs_ = [tmp_path / f"worker{i}.log" for i in range(3)]
     workers = {process.pid: process for process in (start_worker(log, *args) for log in logs_)}
 

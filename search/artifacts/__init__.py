@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from search.artifacts.bucket import SCHEME, Bucket
+from search.artifacts.bucket import READ_TIMEOUT_S, SCHEME, Bucket
 from search.artifacts.directory import Directory
 from search.artifacts.failures import ArtifactStoreError, StoreLost, StoreUnavailable
 from search.artifacts.store import PATIENCE_S, ArtifactStore, Backend
 
 
-def backend(location: str) -> Backend:
-    """Where ``--artifacts`` points: ``s3://BUCKET/PREFIX``, else a directory."""
-    return Bucket(location) if location.startswith(SCHEME) else Directory(location)
+def backend(location: str, read_timeout: float = READ_TIMEOUT_S) -> Backend:
+    """Where ``--artifacts`` points: ``s3://BUCKET/PREFIX`` (a request unanswered for
+    ``read_timeout`` seconds is a lost connection), else a directory."""
+    return Bucket(location, read_timeout) if location.startswith(SCHEME) else Directory(location)
 
 
 def open_store(location: str, token: str | None = None, patience: float = PATIENCE_S,

@@ -23,7 +23,7 @@ from search.artifacts.failures import ArtifactStoreError, StoreUnavailable
 
 SCHEME = "s3://"
 CONNECT_TIMEOUT_S = 5
-READ_TIMEOUT_S = 30  # as the database's reply timeout: a silent network is a lost store
+READ_TIMEOUT_S = 30.0  # as the database's reply timeout (--reply-timeout sets both): a silent network is a lost store
 # Refusals that waiting cannot fix, by S3 error code, and what to do.
 FIXES = {
     "NoSuchBucket": "create the bucket, or fix its name in --artifacts",
@@ -70,14 +70,14 @@ class PrefixedStore:
 class Bucket:
     """The backend of an ``ArtifactStore``: keys are object keys under the prefix."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, read_timeout: float = READ_TIMEOUT_S) -> None:
         import boto3
         from botocore.config import Config
         from optuna.artifacts import Boto3ArtifactStore
 
         self.location = location.rstrip("/")
         self.bucket, self.prefix = parse(location)
-        config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+        config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=read_timeout,
                         retries={"mode": "standard", "max_attempts": 2})
         try:
             self.client = boto3.client("s3", config=config)

@@ -73,6 +73,16 @@ def seconds(text: str) -> float:
     return value
 
 
+def seconds_from(low: float) -> Callable[[str], float]:
+    """A converter to a number of seconds of at least ``low``."""
+    def convert(text: str) -> float:
+        value = seconds(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {low:g} seconds")
+        return value
+    return convert
+
+
 def text(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")

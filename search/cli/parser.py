@@ -13,6 +13,7 @@ from objectives.datasets import names as dataset_names
 from search.cli import options
 from search.cli.options import OneLineParser, add
 from objectives.training.device import PRECISIONS
+from search.storage.connection import REPLY_TIMEOUT_S
 from search.study.spec import DEFAULT_BUDGET, DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_PRUNER, PRUNERS
 
 # The commands that read data (--data-dir); run and worker also take each data set's own
@@ -70,6 +71,9 @@ def add_work(commands: argparse._SubParsersAction, name: str, help_text: str, da
     add(command, name, "--db-patience", "DB_PATIENCE", "seconds to keep reconnecting to a lost database (and "
         "retrying an unavailable artifact store)",
         convert=options.seconds, default=300)
+    add(command, name, "--reply-timeout", "REPLY_TIMEOUT", "seconds the database or the object store may leave a "
+        "request unanswered before its connection counts as lost and is reconnected (raise it for a slow link)",
+        convert=options.seconds_from(1), default=int(REPLY_TIMEOUT_S))
     add(command, name, "--keep-best", "KEEP_BEST", "keep final weights of only the best K trials",
         convert=options.positive_int, default=5)
     add(command, name, "--pruner", "PRUNER", "median (stop a trial below the median of earlier trials at "

@@ -37,4 +37,5 @@ def worker_config(args: argparse.Namespace, url: URL) -> WorkerConfig:
     return WorkerConfig(storage=url, artifacts=args.artifacts, data_dir=args.data_dir, device=args.device,
                         precision=args.precision,
                         seed=args.seed, timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
-                        grace_period=args.grace_period, keep_best=args.keep_best, db_patience=args.db_patience)
+                        grace_period=args.grace_period, keep_best=args.keep_best, db_patience=args.db_patience,
+                        reply_timeout=args.reply_timeout)

@@ -1,8 +1,10 @@
 """Connections to the database: engines, their timeouts and every transaction's limits.
 
 * A PostgreSQL connection that stops answering (a network partition leaves the socket
-  open and silent) raises ``ReplyTimeout`` after ``REPLY_TIMEOUT_S`` instead of hanging:
-  libpq has no read timeout, so a psycopg2 wait callback polls the socket with one.
+  open and silent) raises ``ReplyTimeout`` after the reply timeout (``--reply-timeout``,
+  ``REPLY_TIMEOUT_S`` by default) instead of hanging: libpq has no read timeout, so a
+  psycopg2 wait callback polls the socket with one. The socket's own limits (TCP
+  keepalives, ``tcp_user_timeout``) and the transaction limits scale with it.
 * Every PostgreSQL transaction starts with its limits (``limit_transactions``: lock
   timeout, idle-in-transaction timeout, read-only where asked) as ``SET LOCAL``, not as
   session settings: behind a transaction-pooling PgBouncer each transaction may run on
@@ -31,11 +33,27 @@ from sqlalchemy.engine import URL
 from search.storage.url import is_sqlite
 
 CONNECT_TIMEOUT_S = 5
-REPLY_TIMEOUT_S = 30.0  # longer than LOCK_TIMEOUT_S: a lock wait is not a lost server
-LOCK_TIMEOUT_S = 15
-IDLE_IN_TRANSACTION_S = 60  # the server ends a transaction whose client went silent
+REPLY_TIMEOUT_S = 30.0  # the default of --reply-timeout
 POOL_SIZE = 2  # the trial loop and its heartbeat thread
-TCP_USER_TIMEOUT_MS = 30_000
+
+# Process-wide, as the wait callback is: set once by install_reply_timeout, before any engine.
+_reply_timeout = REPLY_TIMEOUT_S
+
+
+def reply_timeout() -> float:
+    return _reply_timeout
+
+
+def lock_timeout() -> float:
+    """Half the reply timeout, at most 15 s: a lock wait must end before the reply timeout
+    would take it for a lost server."""
+    return min(15.0, _reply_timeout / 2)
+
+
+def idle_in_transaction_timeout() -> float:
+    """The server ends a transaction whose client went silent after twice the reply timeout
+    (by then the client has given that connection up)."""
+    return 2 * _reply_timeout
 
 
 class ReplyTimeout(psycopg2.OperationalError):
@@ -49,7 +67,8 @@ _CONNECTED = (psycopg2.extensions.STATUS_READY, psycopg2.extensions.STATUS_BEGIN
 def _wait_with_timeout(connection: Any) -> None:
     """psycopg2 wait callback: like psycopg2.extras.wait_select, with a deadline (libpq's own
     connect_timeout does not apply once a wait callback drives the connection)."""
-    limit = REPLY_TIMEOUT_S if connection.status in _CONNECTED else CONNECT_TIMEOUT_S
+    connected = connection.status in _CONNECTED
+    limit = _reply_timeout if connected else CONNECT_TIMEOUT_S
     deadline = time.monotonic() + limit
     while True:
         state = connection.poll()
@@ -57,8 +76,8 @@ def _wait_with_timeout(connection: Any) -> None:
             return
         left = deadline - time.monotonic()
         if left <= 0:
-            what = "reply from" if limit == REPLY_TIMEOUT_S else "connection to"
-            raise ReplyTimeout(f"no {what} the database server within {limit:.0f} s")
+            what = "reply from" if connected else "connection to"
+            raise ReplyTimeout(f"no {what} the database server within {limit:g} s")
         if state == psycopg2.extensions.POLL_READ:
             select.select([connection.fileno()], [], [], left)
         else:
@@ -71,8 +90,12 @@ def _mark_reply_timeout_as_disconnect(context: Any) -> None:
         context.is_disconnect = True
 
 
-def install_reply_timeout() -> None:
-    """Process-wide: every psycopg2 connection waits at most REPLY_TIMEOUT_S for a reply."""
+def install_reply_timeout(seconds: float | None = None) -> None:
+    """Process-wide: every psycopg2 connection waits at most ``seconds`` for a reply (None:
+    as set before, else REPLY_TIMEOUT_S)."""
+    global _reply_timeout
+    if seconds is not None:
+        _reply_timeout = seconds
     psycopg2.extensions.set_wait_callback(_wait_with_timeout)
     if not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "handle_error", _mark_reply_timeout_as_disconnect):
         sqlalchemy.event.listen(sqlalchemy.engine.Engine, "handle_error", _mark_reply_timeout_as_disconnect)
@@ -85,12 +108,12 @@ def postgres_connect_args() -> dict[str, Any]:
         "application_name": f"hpsearch/{os.getpid()}",
         # A peer that vanished without a word (a host cut off, a firewall dropping packets)
         # is noticed by the socket too, not only by a reply's timeout: an idle pooled
-        # connection after 30 + 3 x 10 s of unanswered keepalives, and one whose sent
-        # bytes go unacknowledged after TCP_USER_TIMEOUT_MS.
-        "keepalives_idle": 30,
-        "keepalives_interval": 10,
+        # connection after twice the reply timeout of unanswered keepalives (30 + 3 x 10 s
+        # by default), and one whose sent bytes go unacknowledged after the reply timeout.
+        "keepalives_idle": max(1, round(_reply_timeout)),
+        "keepalives_interval": max(1, round(_reply_timeout / 3)),
         "keepalives_count": 3,
-        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        "tcp_user_timeout": round(_reply_timeout * 1000),
     }
 
 
@@ -99,8 +122,8 @@ def limit_transactions(engine: sqlalchemy.Engine, read_only: bool = False) -> sq
     if engine.dialect.name != "postgresql":
         return engine
     limits = ("SET TRANSACTION READ ONLY; " if read_only else "") + (
-        f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_S * 1000}; "
-        f"SET LOCAL idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_S * 1000}")
+        f"SET LOCAL lock_timeout = {round(lock_timeout() * 1000)}; "
+        f"SET LOCAL idle_in_transaction_session_timeout = {round(idle_in_transaction_timeout() * 1000)}")
 
     @sqlalchemy.event.listens_for(engine, "begin")
     def _limits(connection: sqlalchemy.Connection) -> None:

@@ -23,7 +23,8 @@ __all__ = ["NoTablesYet", "open_storage", "rdb_storage", "reader"]  # NoTablesYe
 
 
 def open_storage(url: URL | str, writable: bool = True, patience: float = RECONNECT_PATIENCE_S,
-                 notify: Callable[[str], None] | None = None, deferred: bool = False) -> ResilientStorage:
+                 notify: Callable[[str], None] | None = None, deferred: bool = False,
+                 reply_timeout: float | None = None) -> ResilientStorage:
     """Check the server and the schema, then open the storage.
 
     ``url``: as ``parse_url`` returns it (a string is parsed first). ``writable``: Optuna's
@@ -31,9 +32,10 @@ def open_storage(url: URL | str, writable: bool = True, patience: float = RECONN
     ``prepare`` (a worker checks everything on the storage it will use, then writes).
     Otherwise nothing is ever created, migrated or locked, connections cannot write, a
     storage with no Optuna tables is an error, and studies are read through the
-    adapter's ``Reader`` (no ORM: a quick ``search status``)."""
+    adapter's ``Reader`` (no ORM: a quick ``search status``). ``reply_timeout``: seconds a
+    connection may go unanswered, for the whole process (None: as before, 30 s at first)."""
     url = parse_url(url) if isinstance(url, str) else url
-    install_reply_timeout()
+    install_reply_timeout(reply_timeout)
     policy = RetryPolicy(url, patience) if notify is None else RetryPolicy(url, patience, notify)
     kwargs = engine_kwargs(url, read_only=not writable)
     storage = ResilientStorage(policy, kwargs, writable, rdb=None)

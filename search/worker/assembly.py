@@ -44,7 +44,8 @@ def assemble(config: WorkerConfig, request: StudyRequest, say: Callable[[str], N
              workload: Workload | None = None) -> Worker:
     signals = StopSignals()
     voice = Voice(say, signals)
-    storage = open_storage(config.storage, patience=config.db_patience, notify=voice, deferred=True)
+    storage = open_storage(config.storage, patience=config.db_patience, notify=voice, deferred=True,
+                           reply_timeout=config.reply_timeout)
     spec, existing = settled(storage, request)
     if workload is None:
         from search.worker.training import Training  # torch is imported here, not for the loop
@@ -54,7 +55,7 @@ def assemble(config: WorkerConfig, request: StudyRequest, say: Callable[[str], N
     spec = replace(spec, data=workload.check(spec))
     if existing is not None:
         check_same_data(existing, spec, config.data_dir)
-    backend = artifact_backend(config.artifacts)
+    backend = artifact_backend(config.artifacts, config.reply_timeout)
     backend.check()
 
     study, index, token = join_study(storage, spec)  # the first write (a new storage's tables)

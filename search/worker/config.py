@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL
 
+from search.storage.connection import REPLY_TIMEOUT_S
 from search.storage.failures import RECONNECT_PATIENCE_S
 
 
@@ -23,3 +24,4 @@ class WorkerConfig:
     keep_best: int = 5
     checkpoint_every: int = 1
     db_patience: float = RECONNECT_PATIENCE_S
+    reply_timeout: float = REPLY_TIMEOUT_S  # the database's and the object store's
