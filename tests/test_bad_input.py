@@ -66,9 +66,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, name, argv, exp
     root, places, pg_urls = world
     argv = [arg.format(**places) for arg in argv]
     before = snapshot(root, pg_urls)
-    done = subprocess.run([sys.executable, "-m", "search.cli", *argv], capture_output=True, text=True,
-                          timeout=120, cwd=root / "cwd",
-                          env={**search_env(), **{key: value.format(**places) for key, value in env.items()}})
+    done = run_search(*argv, cwd=root / "cwd", timeout=120,
+                      env={key: value.format(**places) for key, value in env.items()})
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("search: error: "), done.stderr

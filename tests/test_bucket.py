@@ -34,12 +34,12 @@ def objects(s3, bucket: str) -> tuple[set[str], set[str]]:
 def test_hosts_sharing_only_the_database_and_a_bucket_resume_each_other_and_export_anywhere(
         postgres, s3, medium_fashion_dir, tmp_path):
     bucket, url = s3.new_bucket(), postgres.new_database()
-    create_slow_study(url, "bucket", n_trials=3, epochs=4)
+    create_slow_study(url, "bucket", n_trials=3, epochs=3)
     store = f"s3://{bucket}/{PREFIX}"
     hosts = [tmp_path / f"host{k}" for k in range(4)]
     for host in hosts:
         host.mkdir()
-    args = worker_args(url, "bucket", medium_fashion_dir, store, n_trials=3, epochs=4, heartbeat=1,
+    args = worker_args(url, "bucket", medium_fashion_dir, store, n_trials=3, epochs=3, heartbeat=1,
                        extra=["--keep-best", "1"])
     logs_ = [host / "worker.log" for host in hosts[:3]]
     workers = {process.pid: process for process in (start_worker(log, *args, env=s3.env()) for log in logs_[:2])}

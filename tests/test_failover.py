@@ -26,7 +26,7 @@ from search import keys
 from search.storage import open_storage
 from tests.support.postgres import PostgresServer
 from tests.support.workers import (
-    create_slow_study, logs, run_search, search_env, start_worker, wait_all, wait_until, worker_args,
+    REPLY_TIMEOUT, create_slow_study, logs, run_search, search_env, start_worker, wait_all, wait_until, worker_args,
 )
 
 SYNCHRONOUS = "-c synchronous_standby_names='*' -c synchronous_commit=on"
@@ -154,13 +154,13 @@ def test_a_split_brain_loses_only_what_the_cut_off_primary_never_acknowledged(pa
     create_slow_study(direct, "split", n_trials=6, epochs=2)
     url = both(primary, standby, database)
     args = worker_args(url, "split", medium_fashion_dir, tmp_path / "artifacts", 6, 2, heartbeat=1, grace=4,
-                       extra=["--db-patience", "600"])
+                       extra=["--db-patience", "600", "--reply-timeout", str(REPLY_TIMEOUT)])
     paths = [tmp_path / f"worker{k}.log" for k in range(2)]
     workers = [start_worker(path, *args) for path in paths]
     wait_until(lambda: len(logged_finished(logs(paths))) >= 2, timeout=300)
     standby.promote()  # the old primary runs on: a split brain
     promoted = finished_numbers(standby.url(database))
-    time.sleep(40)  # past a reply timeout: workers on the old primary wait for a commit it cannot acknowledge
+    time.sleep(2 * REPLY_TIMEOUT)  # past a reply timeout: workers on the old primary wait for a commit it cannot acknowledge
     assert finished_numbers(standby.url(database)) == promoted  # nothing written to the new primary meanwhile
     stalled = set(logged_finished(logs(paths)))
     primary.stop()  # the operator fences the old primary

@@ -24,12 +24,14 @@ from optuna.trial import TrialState
 from search import keys
 from tests.support.postgres import PostgresServer
 from tests.support.proxy import FaultProxy
-from tests.support.workers import (create_slow_study, logs, run_search, start_worker, wait_all, wait_until,
-                           worker_args)
+from tests.support.workers import (REPLY_TIMEOUT, create_slow_study, logs, run_search, start_worker, wait_all,
+                                   wait_until, worker_args)
 
 # Heartbeat every second, presumed dead after 3: faults are seen quickly.
 BEAT = 1.0
 GRACE = 3.0
+# An outage past both the reply timeout the workers are given and the grace period.
+OUTAGE = REPLY_TIMEOUT + 4
 
 
 def assert_clean_end(url: str, study_name: str, budget: int, artifacts: Path,
@@ -157,23 +159,24 @@ def test_sigstop_past_the_grace_period_then_sigcont(postgres, medium_fashion_dir
     assert trials[victim.number].system_attrs[keys.FAIL_CAUSE] == "stale"
 
 
-def test_a_45_s_partition_fails_no_trial(postgres, proxy, medium_fashion_dir, tmp_path):
+def test_a_partition_past_the_reply_timeout_fails_no_trial(postgres, proxy, medium_fashion_dir, tmp_path):
     url = postgres.new_database()
     create_slow_study(url, "partition", n_trials=3, epochs=3)
     args = worker_args(through(proxy, url), "partition", medium_fashion_dir, tmp_path / "a", 3, 3,
-                       heartbeat=BEAT, grace=GRACE)
+                       heartbeat=BEAT, grace=GRACE, extra=["--reply-timeout", str(REPLY_TIMEOUT)])
     paths = [tmp_path / "w0.log", tmp_path / "w1.log"]
     workers = [start_worker(path, *args) for path in paths]
     wait_until(lambda: running_with_checkpoint(url, "partition"), timeout=120)
     proxy.partition()
-    time.sleep(45)
+    time.sleep(OUTAGE)
     proxy.heal()
     assert wait_all(workers, timeout=400) == [0, 0], logs(paths)
-    assert "reconnected" in "".join(path.read_text() for path in paths)
+    said = "".join(path.read_text() for path in paths)
+    assert f"no reply from the database server within {REPLY_TIMEOUT} s" in said and "reconnected" in said, said
     assert_clean_end(url, "partition", 3, tmp_path / "a")
 
 
-def test_a_30_s_server_stop_fails_no_trial(postgres, medium_fashion_dir, tmp_path):
+def test_a_server_stop_past_the_grace_period_fails_no_trial(postgres, medium_fashion_dir, tmp_path):
     url = postgres.new_database()
     create_slow_study(url, "serverstop", n_trials=3, epochs=3)
     args = worker_args(url, "serverstop", medium_fashion_dir, tmp_path / "a", 3, 3, heartbeat=BEAT, grace=GRACE)
@@ -181,7 +184,7 @@ def test_a_30_s_server_stop_fails_no_trial(postgres, medium_fashion_dir, tmp_pat
     workers = [start_worker(path, *args) for path in paths]
     wait_until(lambda: running_with_checkpoint(url, "serverstop"), timeout=120)
     postgres.pg_ctl("stop")
-    time.sleep(30)
+    time.sleep(OUTAGE)
     postgres.pg_ctl("start")
     assert wait_all(workers, timeout=400) == [0, 0], logs(paths)
     assert "reconnected" in "".join(path.read_text() for path in paths)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,10 +27,30 @@ def find_pg_bin() -> Path:
     raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql (or set PG_BIN)")
 
 
+# Below the kernel's ephemeral range (32768-60999 by default), so that no client's
+# outgoing connection takes a port between its choice and a server's bind.
+PORTS = range(20000, 32000)
+PORT_LOCKS = Path(tempfile.gettempdir()) / "hpsearch-test-ports"
+_claimed: list[int] = []  # open lock files: this process's ports, until it exits
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port no process listens on, claimed for this process: test processes side by side
+    (pytest-xdist) each hold a lock on theirs (released by the kernel when one exits), so
+    two servers are never handed the same port."""
+    PORT_LOCKS.mkdir(exist_ok=True)
+    for port in random.sample(PORTS, 500):
+        handle = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))
+        except OSError:  # another test process's, or taken by some program
+            os.close(handle)
+            continue
+        _claimed.append(handle)
+        return port
+    raise RuntimeError(f"no free port in {PORTS.start}..{PORTS.stop - 1} for a test server")
 
 
 class PostgresServer:

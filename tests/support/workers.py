@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -15,9 +17,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tests.support.forks import Forked, ForkServer
+
 REPO = Path(__file__).resolve().parents[2]
 # Slow enough per epoch (about a second on one core, on the medium data set) to act in
 # the middle of a trial.
+# The reply timeout the fault tests give their workers (--reply-timeout; 30 s by default,
+# asserted in tests/test_faults.py): an outage just past it exercises it in seconds.
+REPLY_TIMEOUT = 5
 SLOW_PARAMS = {"n_layers": 2, "n_units_l0": 1024, "n_units_l1": 1024, "activation": "relu",
                "dropout": 0.0, "batch_norm": False, "optimizer": "adam", "learning_rate": 1e-3,
                "weight_decay": 1e-5, "batch_size": 64}
@@ -34,10 +41,25 @@ def search_env() -> dict[str, str]:
     return env
 
 
+_forks: ForkServer | None = None
+_forks_lock = threading.Lock()
+
+
+def forks() -> ForkServer:
+    """This test process's fork server (``tests.support.forks``), started at first use."""
+    global _forks
+    with _forks_lock:
+        if _forks is None:
+            _forks = ForkServer(search_env())
+            atexit.register(_forks.close)
+        return _forks
+
+
 def run_search(*args: str, timeout: float = 300, cwd: Path | None = None,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**search_env(), **(env or {})}, cwd=cwd)
+    """``search ARGS`` run to its end: a process of its own, forked without an
+    interpreter's start-up (``tests.support.forks``)."""
+    return forks().run(list(args), env={**search_env(), **(env or {})}, cwd=cwd or Path.cwd(), timeout=timeout)
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -48,10 +70,10 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def start_worker(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    handle = open(log, "wb")
-    return subprocess.Popen([sys.executable, "-m", "search.cli", "worker", *args],
-                            stdout=handle, stderr=subprocess.STDOUT, env={**search_env(), **(env or {})})
+def start_worker(log: Path, *args: str, env: dict[str, str] | None = None) -> Forked | subprocess.Popen[bytes]:
+    """``search worker ARGS``, its output into ``log``: a process of its own (forked, as
+    ``run_search``'s), with what tests use of ``subprocess.Popen``."""
+    return forks().start(["worker", *args], env={**search_env(), **(env or {})}, cwd=Path.cwd(), stdout=log)
 
 
 def create_slow_study(url: str, name: str, n_trials: int, epochs: int) -> None:
