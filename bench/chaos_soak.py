@@ -47,6 +47,13 @@ QUICK_FAULTS = ("kill -9 a worker", "SIGTERM a worker", "drop every connection",
                 "server restart")  # the ones over in a second or two
 
 
+def without_budget(command: list[str]) -> list[str]:
+    """A restarted worker joins with the study's own budget: with --n-trials, one whose join
+    lands after ``close_budget`` would raise the budget again, and the soak would not end."""
+    at = command.index("--n-trials")
+    return command[:at] + command[at + 2:]
+
+
 class Fleet:
     """The workers, restarted two seconds after they exit while the soak runs."""
 
@@ -65,7 +72,9 @@ class Fleet:
         self.started += 1
         log = open(self.logs / f"worker-{slot}-{self.started}.log", "wb")
         env = {**search_env(), "OMP_NUM_THREADS": "1"}
-        self.processes[slot] = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.processes[slot] = subprocess.Popen(self.command if self.started <= len(self.processes)
+                                                else without_budget(self.command),
+                                                stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def supervise(self) -> None:
         while True:

@@ -71,11 +71,13 @@ class Fleet:
         self.restarting = True
         self.lock = threading.Lock()
         for host in hosts:
-            self.start(host)
+            self.start(host, budget=True)
         threading.Thread(target=self.supervise, daemon=True).start()
 
-    def start(self, host: Host) -> None:
-        self.processes[host.name] = self.cluster.worker(host)
+    def start(self, host: Host, budget: bool = False) -> None:
+        # A restarted worker joins with the study's own budget: with --n-trials, one whose
+        # join lands after close_budget would raise the budget again, and the soak would not end.
+        self.processes[host.name] = self.cluster.worker(host, budget)
 
     def supervise(self) -> None:
         while True:
@@ -140,7 +142,7 @@ class Soak:
         if not (host.directory / "data").exists():
             shutil.copytree(self.data, host.directory / "data")
 
-    def worker(self, host: Host) -> subprocess.Popen[bytes]:
+    def worker(self, host: Host, budget: bool = True) -> subprocess.Popen[bytes]:
         self.prepare(host)
         storage = self.url
         if host.name == self.slow:
@@ -148,9 +150,9 @@ class Soak:
             storage = self.url.replace(f"{self.database.host}:{self.database.port}", f"127.0.0.1:{SLOW_PORT}")
         command = host.named_command(
             sys.executable, "-m", "search.cli", "worker", "--storage", storage, "--study", STUDY, "--objective",
-            "fashion_mnist", "--n-trials", "100000", "--epochs", str(self.epochs), "--data-dir",
-            str(host.directory / "data"), "--artifacts", f"s3://{self.bucket}/{STUDY}", "--device", "cpu",
-            "--heartbeat-interval", str(BEAT), "--grace-period", str(GRACE), "--keep-best", str(KEEP_BEST))
+            "fashion_mnist", *(["--n-trials", "100000"] if budget else []), "--epochs", str(self.epochs),
+            "--data-dir", str(host.directory / "data"), "--artifacts", f"s3://{self.bucket}/{STUDY}", "--device",
+            "cpu", "--heartbeat-interval", str(BEAT), "--grace-period", str(GRACE), "--keep-best", str(KEEP_BEST))
         log = open(self.logs / f"{host.name}.log", "ab")
         env = {**search_env(), **host.env(), **self.store.env(), "OMP_NUM_THREADS": "1"}
         if host.name in self.skews:

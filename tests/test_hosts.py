@@ -34,7 +34,7 @@ from tests.support.workers import (REPLY_TIMEOUT, REPO, create_slow_study, logs,
 BEAT, GRACE = 1.0, 4.0
 # A server host's cut outlasts the workers' reply timeout (and the grace period): their
 # connections time out, as every socket limit does, and they reconnect once it heals.
-OUTAGE = REPLY_TIMEOUT + 5
+OUTAGE = 3 * REPLY_TIMEOUT  # past a store request's two attempts, each given the reply timeout
 WORKERS = ("w1", "w2", "w3")
 
 

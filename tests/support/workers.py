@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from tests.support.forks import Forked, ForkServer
+from tests.support.forks import ForkServer
 
 REPO = Path(__file__).resolve().parents[2]
 # Slow enough per epoch (about a second on one core, on the medium data set) to act in
@@ -70,10 +70,12 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def start_worker(log: Path, *args: str, env: dict[str, str] | None = None) -> Forked | subprocess.Popen[bytes]:
-    """``search worker ARGS``, its output into ``log``: a process of its own (forked, as
-    ``run_search``'s), with what tests use of ``subprocess.Popen``."""
-    return forks().start(["worker", *args], env={**search_env(), **(env or {})}, cwd=Path.cwd(), stdout=log)
+def start_worker(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    # A fresh interpreter, not a fork (run_search's): what these tests break on purpose
+    # (signals, connections cut under a running worker) is exercised on exactly what a user runs.
+    handle = open(log, "wb")
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "worker", *args],
+                            stdout=handle, stderr=subprocess.STDOUT, env={**search_env(), **(env or {})})
 
 
 def create_slow_study(url: str, name: str, n_trials: int, epochs: int) -> None:
