@@ -68,6 +68,9 @@ class Fleet:
         self.processes: dict[str, subprocess.Popen[bytes] | None] = {host.name: None for host in hosts}
         self.exits: collections.Counter[int | str] = collections.Counter()
         self.down: set[str] = set()  # lost hosts, not restarted until they come back
+        # Hosts cut off now: a worker started there could not reach the database and would
+        # fail fast (exit 2, as documented); it is started once the cut heals.
+        self.cut: set[str] = set()
         self.restarting = True
         self.lock = threading.Lock()
         for host in hosts:
@@ -88,7 +91,8 @@ class Fleet:
                     if process is not None and process.poll() is not None:
                         self.exits[process.returncode] += 1
                         self.processes[host.name] = None
-                    if self.processes[host.name] is None and self.restarting and host.name not in self.down:
+                    if (self.processes[host.name] is None and self.restarting and host.name not in self.down
+                            and host.name not in self.cut):
                         time.sleep(2)
                         self.start(host)
 
@@ -166,9 +170,11 @@ def faults(soak: Soak, fleet: Fleet, quick: bool) -> dict[str, callable]:
     scale = 0.25 if quick else 1.0
 
     def cut(host: Host, low: float, high: float) -> None:
+        fleet.cut.add(host.name)
         host.cut()
         time.sleep(random.uniform(low, high) * scale)
         host.heal()
+        fleet.cut.discard(host.name)
 
     def lossy() -> None:
         host = random.choice(workers)

@@ -35,6 +35,9 @@ class _Link:
     server: socket.socket | None = None
     armed: bool = False
     partition_on_reply: bool = False  # the armed COMMIT went through: partition after its reply
+    # The armed COMMIT went through and its reply must never: set before the COMMIT is sent,
+    # so that the server's pump cannot forward the reply before the link is closed.
+    mute: bool = False
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,7 +143,10 @@ class FaultProxy:
                     break
                 if self.delay:
                     time.sleep(self.delay)
+                if not from_client and link.mute:
+                    break
                 if from_client and self._inspect(link, data):
+                    link.mute = not link.partition_on_reply
                     target.sendall(data)
                     if link.partition_on_reply:
                         continue  # the reply comes back through the other pump, then the partition
