@@ -10,7 +10,8 @@ search.cli`` entry point. The server is one thread that forks before anything it
 could start another, so each child is what a fresh start would have been with the
 modules already loaded. A run whose environment must act at exec (``LD_PRELOAD``, a
 ``PYTHON*`` or thread-count variable that differs from the server's) starts the ordinary
-way.
+way. Used for commands run to their end (``run_search``); workers that tests signal, cut
+off and kill start as fresh interpreters (``start_worker``).
 """
 
 from __future__ import annotations
@@ -33,34 +34,23 @@ AT_EXEC = ("LD_", "PYTHON", "OMP_", "MKL_", "FAKETIME")  # variables read when a
 
 
 class Forked:
-    """A ``search`` process forked by the server: the part of ``subprocess.Popen`` tests use."""
+    """A ``search`` process forked by the server: ``wait`` and ``kill``, as ``subprocess.Popen``'s."""
 
     def __init__(self, server: ForkServer, pid: int, args: list[str]) -> None:
         self.server, self.pid, self.args = server, pid, args
         self.returncode: int | None = None
 
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            self.returncode = self.server.exit_code(self.pid, block=False)
-        return self.returncode
-
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            code = self.server.exit_code(self.pid, block=True, timeout=timeout)
+            code = self.server.exit_code(self.pid, timeout=timeout)
             if code is None:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             self.returncode = code
         return self.returncode
 
-    def send_signal(self, number: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, number)
-
     def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
 
 
 class ForkServer:
@@ -92,22 +82,15 @@ class ForkServer:
         return any(env.get(name) != self.env.get(name) for name in names)
 
     def start(self, argv: list[str], env: dict[str, str], cwd: Path, stdout: Path,
-              stderr: Path | None = None) -> Forked | subprocess.Popen[bytes]:
-        """``search ARGV`` started; its stdout into the file ``stdout``, its stderr into
-        ``stderr`` (None: the same file)."""
+              stderr: Path) -> Forked | subprocess.Popen[bytes]:
+        """``search ARGV`` started; its stdout into the file ``stdout``, its stderr into ``stderr``."""
         if self.needs_exec(env):
-            with open(stdout, "wb") as out:
-                errors = open(stderr, "wb") if stderr is not None else None
-                try:
-                    return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], cwd=cwd, env=env,
-                                            stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=errors if errors is not None else subprocess.STDOUT)
-                finally:
-                    if errors is not None:
-                        errors.close()
+            with open(stdout, "wb") as out, open(stderr, "wb") as errors:
+                return subprocess.Popen([sys.executable, "-m", "search.cli", *argv], cwd=cwd, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=out, stderr=errors)
         number = next(self.ids)
         request = {"id": number, "argv": argv, "env": env, "cwd": str(cwd), "stdout": str(stdout),
-                   "stderr": None if stderr is None else str(stderr)}
+                   "stderr": str(stderr)}
         with self.changed:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
@@ -115,10 +98,10 @@ class ForkServer:
                 raise RuntimeError("the fork server did not answer in 60 s")
             return Forked(self, self.started.pop(number), ["search", *argv])
 
-    def exit_code(self, pid: int, block: bool, timeout: float | None = None) -> int | None:
+    def exit_code(self, pid: int, timeout: float | None = None) -> int | None:
+        """The exit status of the child ``pid``, waited for up to ``timeout`` (None: not yet)."""
         with self.changed:
-            if block:
-                self.changed.wait_for(lambda: pid in self.exited, timeout=timeout)
+            self.changed.wait_for(lambda: pid in self.exited, timeout=timeout)
             return self.exited.pop(pid, None)
 
     def run(self, argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 300,
@@ -163,9 +146,6 @@ def child(request: dict, inherited: list[int]) -> None:
     written = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], written),
                             (2, request["stderr"], written)):
-        if path is None:
-            os.dup2(1, fd)
-            continue
         opened = os.open(path, flags, 0o600)
         os.dup2(opened, fd)
         os.close(opened)
