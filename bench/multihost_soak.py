@@ -68,9 +68,14 @@ class Fleet:
         self.processes: dict[str, subprocess.Popen[bytes] | None] = {host.name: None for host in hosts}
         self.exits: collections.Counter[int | str] = collections.Counter()
         self.down: set[str] = set()  # lost hosts, not restarted until they come back
-        # Hosts cut off now: a worker started there could not reach the database and would
-        # fail fast (exit 2, as documented); it is started once the cut heals.
+        # Hosts cut off now: a worker started there (or while the database's or the store's
+        # host is cut) could not reach them and would fail fast (exit 2, as documented); it
+        # is started once the cut heals.
         self.cut: set[str] = set()
+        # Every cut as (host, start, end or None): a worker whose start raced a cut and
+        # exited 2 was refused as documented, not a failure of the soak.
+        self.cuts: list[list] = []  # [host, start, end or None]
+        self.started: dict[str, float] = {}
         self.restarting = True
         self.lock = threading.Lock()
         for host in hosts:
@@ -80,7 +85,17 @@ class Fleet:
     def start(self, host: Host, budget: bool = False) -> None:
         # A restarted worker joins with the study's own budget: with --n-trials, one whose
         # join lands after close_budget would raise the budget again, and the soak would not end.
+        self.started[host.name] = time.monotonic()
         self.processes[host.name] = self.cluster.worker(host, budget)
+
+    def blocked(self, host: Host) -> bool:
+        return bool({host.name, "db", "s3"} & self.cut)
+
+    def refused_in_a_cut(self, host: Host, code: int) -> bool:
+        """Exit 2 from a worker whose start overlapped a cut of its host, the database's or the store's."""
+        began, now = self.started[host.name], time.monotonic()
+        return code == 2 and any(name in (host.name, "db", "s3") and start <= now and (end is None or end >= began)
+                                 for name, start, end in self.cuts)
 
     def supervise(self) -> None:
         while True:
@@ -89,12 +104,14 @@ class Fleet:
                 for host in self.hosts:
                     process = self.processes[host.name]
                     if process is not None and process.poll() is not None:
-                        self.exits[process.returncode] += 1
+                        code = process.returncode
+                        self.exits["2, started into a cut" if self.refused_in_a_cut(host, code) else code] += 1
                         self.processes[host.name] = None
                     if (self.processes[host.name] is None and self.restarting and host.name not in self.down
-                            and host.name not in self.cut):
+                            and not self.blocked(host)):
                         time.sleep(2)
-                        self.start(host)
+                        if not self.blocked(host):
+                            self.start(host)
 
     def pick(self) -> tuple[Host, subprocess.Popen[bytes]] | None:
         with self.lock:
@@ -170,11 +187,16 @@ def faults(soak: Soak, fleet: Fleet, quick: bool) -> dict[str, callable]:
     scale = 0.25 if quick else 1.0
 
     def cut(host: Host, low: float, high: float) -> None:
-        fleet.cut.add(host.name)
+        with fleet.lock:
+            fleet.cut.add(host.name)
+            window = [host.name, time.monotonic(), None]
+            fleet.cuts.append(window)
         host.cut()
         time.sleep(random.uniform(low, high) * scale)
         host.heal()
-        fleet.cut.discard(host.name)
+        with fleet.lock:
+            fleet.cut.discard(host.name)
+            window[2] = time.monotonic()
 
     def lossy() -> None:
         host = random.choice(workers)
@@ -318,9 +340,10 @@ def main() -> None:
           f"{KEEP_BEST}, plus one per worker for an instant); checkpoints beyond two per running trial: "
           f"{peaks.get('checkpoints beyond 2 per running trial', 0)}")
     # Exits as documented: 0 when the study is done, 143 after SIGTERM, -9 killed (a worker,
-    # or a lost host's); nothing else (no configuration error, no lost database).
+    # or a lost host's), 2 for one started as a cut began (it cannot reach the database or
+    # the store); nothing else (no configuration error, no lost database).
     ok = (not any(result[name] for name in MUST_BE_ZERO) and result["weights in the bucket at the end"] <= KEEP_BEST
-          and set(fleet.exits) <= {0, 143, -9})
+          and set(fleet.exits) <= {0, 143, -9, "2, started into a cut"})
     print(f"worker logs: {soak.logs}")
     print("PASS" if ok else "FAIL")
     if ok and args.quick:
